@@ -1,0 +1,52 @@
+"""Progress events produced by the daemon's logic, independent of protobuf.
+
+The servicer turns them into ``buildd.v1.Event`` messages and adds the
+elapsed time; the logic only says what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+PhaseName = Literal[
+    "key_resolved",
+    "waiting_for_environment",
+    "creating_environment",
+    "installing_requirements",
+    "environment_leased",
+    "running_hook",
+    "hook_finished",
+    "artifact_written",
+]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A step of a request started (``step_seconds == 0``) or ended."""
+
+    name: PhaseName
+    detail: str = ""
+    key_id: str = ""
+    environment_path: str = ""
+    hook: str = ""
+    count: int = 0
+    step_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Log:
+    """One line written by a backend or an installer."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+    hook: str
+
+
+Event = Phase | Log
+Emit = Callable[[Event], None]
+
+
+def discard(_event: Event) -> None:
+    """An ``Emit`` that drops everything (for callers nobody listens to)."""
