@@ -1,0 +1,362 @@
+"""``buildd-client``: the command line (its shape is a public contract, see the README).
+
+    buildd-client [--address ADDR] [--session ID] [-q | -v] COMMAND
+      session open | session close [ID] | metadata [SRC] | build [SRC] | status
+
+Exit codes: 0 success; 1 the backend or build failed; 2 usage or bad input;
+3 no daemon could be reached or started. grpc and the generated code are
+imported only by the commands that talk to the daemon, so ``--version`` and
+``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from buildd import __version__
+
+# Not typing.TYPE_CHECKING: importing typing costs a few ms of every start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from buildd_client._output import Progress
+    from buildd_client.client import Client, Session
+
+__all__ = ["build_parser", "main", "parse_config_settings"]
+
+PROG = "buildd-client"
+CLIENT_NAME = f"{PROG}/{__version__}"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Formatter(argparse.HelpFormatter):
+    # argparse sizes its formatter, even just to validate add_argument(), with
+    # shutil.get_terminal_size; os has the same answer without loading shutil.
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            try:
+                columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+            except (ValueError, OSError):
+                columns = 80
+            width = max(columns - 2, 20)
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _Version(argparse.Action):
+    # argparse's own "version" action loads its help formatter (shutil,
+    # textwrap) just to print one line.
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(f"{PROG} {__version__}\n")
+        parser.exit()
+
+
+def _config_setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def parse_config_settings(pairs: Sequence[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """``-C`` pairs to PEP 517 config settings: a key given twice becomes a list."""
+    settings: dict[str, str | list[str]] = {}
+    for key, value in pairs:
+        previous = settings.get(key)
+        if previous is None:
+            settings[key] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            settings[key] = [previous, value]
+    return settings
+
+
+def _add_build_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source", nargs="?", default=".", metavar="SRC", help="the project (default: .)"
+    )
+    parser.add_argument(
+        "-C",
+        "--config-setting",
+        dest="config_settings",
+        action="append",
+        type=_config_setting,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a PEP 517 config setting; repeat a key to pass a list",
+    )
+    parser.add_argument(
+        "--python",
+        default=argparse.SUPPRESS,
+        metavar="PY",
+        help="the interpreter to build with: a path or a version such as 3.12",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Build Python projects with a buildd daemon's warm environments.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the daemon (default: $BUILDD_ADDRESS, else the per-user socket, auto-started)",
+    )
+    parser.add_argument(
+        "--session",
+        metavar="ID",
+        help="the session (default: $BUILDD_SESSION, else the per-user default session)",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="hide progress and backend output"
+    )
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="show progress even when stderr is no TTY"
+    )
+    parser.add_argument(
+        "--python",
+        metavar="PY",
+        help="the interpreter for metadata and build (default: this one)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    session = commands.add_parser(
+        "session", help="open or close a session", formatter_class=_Formatter
+    )
+    session_commands = session.add_subparsers(dest="session_command", metavar="ACTION")
+    session_commands.required = True
+    session_commands.add_parser(
+        "open", help="print a new session id on stdout, nothing else", formatter_class=_Formatter
+    ).set_defaults(handler=_session_open)
+    close = session_commands.add_parser(
+        "close", help="end a session; its environments are deleted", formatter_class=_Formatter
+    )
+    close.add_argument("id", nargs="?", metavar="ID")
+    close.set_defaults(handler=_session_close)
+
+    metadata = commands.add_parser(
+        "metadata",
+        help="print the core metadata (the METADATA file); --json: a JSON object of it",
+        formatter_class=_Formatter,
+    )
+    _add_build_options(metadata)
+    metadata.add_argument("--json", action="store_true", help="print a JSON object (PEP 566)")
+    metadata.set_defaults(handler=_metadata)
+
+    build = commands.add_parser(
+        "build",
+        help="print each artifact's absolute path on its own line of stdout",
+        formatter_class=_Formatter,
+    )
+    _add_build_options(build)
+    build.add_argument("--sdist", action="store_true", help="build an sdist from the tree")
+    build.add_argument("--wheel", action="store_true", help="build a wheel from the tree")
+    build.add_argument("--editable", action="store_true", help="build an editable wheel (PEP 660)")
+    build.add_argument(
+        "-o", "--outdir", metavar="OUTDIR", help="where artifacts go (default: SRC/dist)"
+    )
+    build.set_defaults(handler=_build)
+
+    status = commands.add_parser(
+        "status", help="the daemon, its sessions and their environments", formatter_class=_Formatter
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    return _run(args, parser)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from buildd_client import _output
+    from buildd_client.addresses import parse_address
+    from buildd_client.client import resolve_address
+    from buildd_client.errors import DaemonUnavailable, RequestFailed
+
+    try:
+        args.address = parse_address(resolve_address(args.address)).target
+    except ValueError as exc:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except RequestFailed as exc:
+        _output.report_failure(exc, sys.stderr)
+        return exc.exit_code
+    except DaemonUnavailable as exc:
+        _output.report_unavailable(exc, sys.stderr)
+        return EXIT_UNAVAILABLE
+    except _UsageError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # the client's own files: state folder, output
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_FAILED
+
+
+class _UsageError(Exception):
+    """Bad input found after parsing (exit code 2)."""
+
+
+def _client(args: argparse.Namespace, *, autostart: bool) -> Client:
+    from buildd_client.client import Client
+
+    return Client(args.address, autostart=autostart)
+
+
+def _session(client: Client, args: argparse.Namespace) -> Session:
+    session_id = args.session or os.environ.get("BUILDD_SESSION")
+    if session_id:
+        return client.join_session(session_id)
+    return client.default_session(CLIENT_NAME)
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    from buildd_client._output import Progress
+
+    phases = not args.quiet and (args.verbose or sys.stderr.isatty())
+    return Progress(sys.stderr, phases=phases, logs=not args.quiet)
+
+
+def _session_open(args: argparse.Namespace) -> int:
+    with _client(args, autostart=True) as client:
+        session = client.open_session(CLIENT_NAME)
+    sys.stdout.write(session.id + "\n")
+    return EXIT_OK
+
+
+def _session_close(args: argparse.Namespace) -> int:
+    # No auto-start: a daemon started now would have no session to close.
+    with _client(args, autostart=False) as client:
+        session_id = (
+            args.id
+            or args.session
+            or os.environ.get("BUILDD_SESSION")
+            or client.default_session_id()
+        )
+        if not session_id:
+            raise _UsageError("no session to close: give its ID, --session or BUILDD_SESSION")
+        response = client.close_session(session_id)
+    if not args.quiet:
+        sys.stderr.write(
+            f"closed session {session_id}: {response.environments_deleted} environments "
+            f"deleted, {response.environments_pending} to delete when their hook ends\n"
+        )
+    return EXIT_OK
+
+
+def _python(args: argparse.Namespace) -> str | None:
+    return args.python if args.python else None
+
+
+def _metadata(args: argparse.Namespace) -> int:
+    import json
+
+    from buildd_client.metadata_json import metadata_to_json
+
+    show = _progress(args)
+    with _client(args, autostart=True) as client:
+        session = _session(client, args)
+        with session.metadata(
+            args.source,
+            config_settings=parse_config_settings(args.config_settings),
+            python=_python(args),
+            quiet=args.quiet,
+        ) as call:
+            for event in call:
+                show(event)
+            result = call.result()
+    if args.json:
+        text = json.dumps(metadata_to_json(result.metadata), indent=2, ensure_ascii=False)
+        sys.stdout.write(text + "\n")
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(result.metadata)
+        sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def _build(args: argparse.Namespace) -> int:
+    chosen = [name for name in ("sdist", "wheel", "editable") if getattr(args, name)]
+    # Like python -m build: no flag means an sdist, then a wheel built from it;
+    # explicit flags build exactly those, each from the tree.
+    distributions = chosen or ["sdist", "wheel"]
+    source = os.path.abspath(args.source)
+    if args.outdir:
+        outdir: str | None = os.path.abspath(args.outdir)
+    elif os.path.isdir(source):
+        outdir = os.path.join(source, "dist")
+    else:
+        outdir = None  # an sdist, or a path only the daemon sees: its default
+    show = _progress(args)
+    with _client(args, autostart=True) as client:
+        session = _session(client, args)
+        with session.build(
+            source,
+            distributions=distributions,
+            wheel_from_sdist=not chosen,
+            output_directory=outdir,
+            config_settings=parse_config_settings(args.config_settings),
+            python=_python(args),
+            quiet=args.quiet,
+        ) as call:
+            for event in call:
+                show(event)
+            result = call.result()
+    for artifact in result.artifacts:
+        sys.stdout.write(artifact.path + "\n")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from buildd_client import _output
+
+    # No auto-start: "no daemon" is the answer, not a reason to start one.
+    with _client(args, autostart=False) as client:
+        status = client.status(args.session or "")
+    if args.json:
+        sys.stdout.write(json.dumps(_output.status_to_json(status), indent=2) + "\n")
+    else:
+        sys.stdout.write(_output.status_text(status))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

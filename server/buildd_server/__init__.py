@@ -1,0 +1,1 @@
+"""buildd-server: the build daemon (see docs/architecture.md)."""
