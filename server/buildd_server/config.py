@@ -46,4 +46,6 @@ class Config:
     log_format: Literal["console", "json", "auto"] = "auto"
     log_level: str = "info"
     # Worker threads of the gRPC server (each streaming call holds one).
-    max_workers: int = 64
+    max_workers: int = 128
+    # Allow plain TCP on a non-loopback address.
+    insecure: bool = False

@@ -1,0 +1,7 @@
+"""``python -m buildd_server``: the daemon (what auto-starting clients run)."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())

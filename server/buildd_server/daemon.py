@@ -1,0 +1,279 @@
+"""The daemon process: state folder, listening address, lifecycle.
+
+Start-up order matters: the state-dir lock is taken first, so a second daemon
+on the same folder stops before touching anything; only then are the orphans
+of a crashed run deleted (nobody else can be using them) and the address bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+
+import filelock
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
+from buildd.v1 import buildd_pb2, buildd_pb2_grpc
+
+from .config import Config
+from .environments import Environment, EnvironmentFactory
+from .errors import DaemonStartupError
+from .installers import select_installer
+from .keys import EnvKey
+from .pool import Pool
+from .service import BuildService
+from .servicer import Servicer
+from .sessions import Session, SessionRegistry
+
+log = structlog.get_logger("buildd.daemon")
+
+SERVICE_NAME = buildd_pb2.DESCRIPTOR.services_by_name["Buildd"].full_name
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class Daemon:
+    """One running buildd-server."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.address = parse_address(config.address or default_address())
+        self._lock: filelock.BaseFileLock | None = None
+        self._server: grpc.Server | None = None
+        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self._health = health.HealthServicer()
+
+    # -------------------------------------------------------------- start --
+
+    def start(self) -> None:
+        """Take the state folder, reclaim orphans, bind the address and serve."""
+        self._take_state_dir()
+        installer = select_installer(self.config.installer)
+        sessions_root = self.config.state_dir / "sessions"
+        sessions_root.mkdir(mode=0o700, exist_ok=True)
+
+        factory = EnvironmentFactory(
+            self.config.state_dir, installer, self.config.installer_options
+        )
+        holder: list[BuildService] = []
+
+        def destroy(env: Environment) -> None:
+            holder[0].destroy_environment(env)
+
+        def on_end(session: Session) -> None:
+            holder[0].session_ended(session)
+
+        self.pool: Pool[EnvKey, Environment] = Pool(
+            max_per_key=self.config.max_envs_per_key,
+            max_total=self.config.max_envs,
+            destroy=destroy,
+            validate=factory.validate,
+        )
+        self.registry = SessionRegistry(sessions_root, self.config.session_ttl, on_end)
+        self.service = BuildService(self.config, self.registry, self.pool, factory, installer.name)
+        holder.append(self.service)
+        self.servicer = Servicer(
+            self.config, self.address.target, self.service, self.registry, self.pool,
+            installer.name,
+        )
+
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=self.config.max_workers, thread_name_prefix="buildd-rpc"
+            ),
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self._bind(server)
+        server.start()
+        self._server = server
+        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
+        log.info(
+            "daemon_started",
+            address=self.address.target,
+            pid=os.getpid(),
+            state_dir=str(self.config.state_dir),
+            installer=installer.name,
+        )
+
+    def _take_state_dir(self) -> None:
+        state = self.config.state_dir
+        try:
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = state / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise DaemonStartupError(f"state dir {state} is not writable: {exc.strerror}") from exc
+        lock = filelock.FileLock(str(state / "daemon.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout as exc:
+            owner = _read_text(state / "daemon.pid")
+            raise DaemonStartupError(
+                f"state dir {state} is in use by another buildd daemon"
+                + (f" (pid {owner})" if owner else "")
+                + "; give this one its own --state-dir"
+            ) from exc
+        self._lock = lock
+        (state / "daemon.pid").write_text(str(os.getpid()))
+        # With the lock held nobody else can be using these: they are what a
+        # crashed or killed daemon left behind.
+        reclaimed = 0
+        for folder in ("sessions", "tmp"):
+            root = state / folder
+            if root.is_dir():
+                for child in root.iterdir():
+                    shutil.rmtree(child, ignore_errors=True)
+                    reclaimed += 1
+        if reclaimed:
+            log.info("orphans_reclaimed", count=reclaimed, state_dir=str(state))
+
+    def _bind(self, server: grpc.Server) -> None:
+        address = self.address
+        if address.kind == "unix":
+            assert address.path
+            path = Path(address.path)
+            if len(os.fsencode(path)) > 107:
+                raise DaemonStartupError(
+                    f"--address: unix socket path {path} is longer than 107 bytes"
+                )
+            if address.target == parse_address(default_address()).target:
+                ensure_private_dir(path.parent)
+            elif not path.parent.is_dir():
+                raise DaemonStartupError(f"--address: folder {path.parent} does not exist")
+            _clear_stale_socket(path)
+            old_umask = os.umask(0o177)
+            try:
+                port = server.add_insecure_port(address.target)
+            except RuntimeError as exc:
+                raise DaemonStartupError(f"--address: cannot listen on {path}: {exc}") from exc
+            finally:
+                os.umask(old_umask)
+            if port == 0:
+                raise DaemonStartupError(f"--address: cannot listen on {path}")
+            os.chmod(path, 0o600)
+            return
+        if not address.is_local and not self.config.insecure:
+            raise DaemonStartupError(
+                f"--address: {address.target} is not a loopback address; serving it without "
+                "TLS and tokens is refused unless --insecure is given"
+            )
+        if not address.is_local:
+            log.warning("insecure_listen", address=address.target)
+        try:
+            port = server.add_insecure_port(address.target)
+        except RuntimeError as exc:
+            raise DaemonStartupError(f"--address: cannot listen on {address.target}: {exc}") from exc
+        if port == 0:
+            raise DaemonStartupError(f"--address: cannot listen on {address.target}")
+        if address.port == 0:
+            self.address = parse_address(f"{address.host}:{port}")
+
+    # --------------------------------------------------------------- run --
+
+    def serve_forever(self) -> None:
+        """Serve until SIGTERM/SIGINT (or idle timeout), then drain and clean up."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        idle_since = time.monotonic()
+        while not self._stop_requested.wait(0.5):
+            if self.config.idle_timeout <= 0:
+                continue
+            if len(self.registry.all()) or self.servicer.active_calls:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > self.config.idle_timeout:
+                log.info("idle_shutdown", idle_seconds=self.config.idle_timeout)
+                break
+        self.stop()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        self._stop_requested.set()
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def stop(self) -> None:
+        """Drain: refuse new calls, let running ones finish within the grace, clean up."""
+        if self._stopped.is_set():
+            return
+        self.service.draining = True
+        self._health.enter_graceful_shutdown()
+        log.info("draining", grace=self.config.grace, active_calls=self.servicer.active_calls)
+        if self._server is not None:
+            # Rejects new RPCs now; cancels the ones still running after the
+            # grace, which sets their cancel events and kills their hooks.
+            self._server.stop(self.config.grace).wait()
+        self._wait_for_workers(timeout=10.0)
+        self.registry.stop_reaper()
+        self.registry.end_all()
+        if self.address.kind == "unix" and self.address.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address.path)
+        shutil.rmtree(self.config.state_dir / "sessions", ignore_errors=True)
+        if self._lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.config.state_dir / "daemon.pid").unlink()
+            self._lock.release()
+        self._stopped.set()
+        log.info("daemon_stopped")
+
+    def _wait_for_workers(self, timeout: float) -> None:
+        # Worker threads finish shortly after their cancel event fires (the
+        # hook's process group is killed); wait for them so no environment is
+        # deleted under a still-running hook.
+        deadline = time.monotonic() + timeout
+        while self.servicer.active_calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _clear_stale_socket(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise DaemonStartupError(f"--address: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody answers: left by a daemon that died
+        return
+    finally:
+        probe.close()
+    raise DaemonStartupError(f"--address: {path} is in use by a running daemon")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+__all__ = ["Address", "Daemon"]

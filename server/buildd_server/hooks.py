@@ -1,0 +1,462 @@
+"""Running PEP 517 hooks: one fresh subprocess per hook call (rule 4).
+
+``run_process`` is the one place where the daemon starts a child: its own
+process group (so the whole tree can be killed), stdin closed, stdout and
+stderr read line by line as they come, bounded memory whatever the child
+writes, timeout and cancel enforced. ``HookRunner`` plugs it into
+pyproject_hooks; ``Hooks`` is the typed face the service calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeGuard
+
+import pyproject_hooks
+
+from . import errors
+from .events import Emit, Log, Phase
+
+if TYPE_CHECKING:
+    from .environments import Environment
+    from .sources import Project
+
+ConfigSettings = Mapping[str, "str | list[str]"]
+
+TAIL_LINES = 50
+# A minified file or a progress bar without newlines must not become one huge line.
+MAX_LINE_BYTES = 8 * 1024
+CUT_MARK = " [line cut at 8 KiB]"
+# How often a waiting runner looks at the cancel event and the clock.
+_TICK = 0.1
+# After the group is killed, how long to wait for the pipes to close: only a
+# process that left the group (setsid) can hold them open past that.
+_PIPE_GRACE = 5.0
+
+# Variables of the daemon that would make a hook import the daemon's packages
+# or escape its environment.
+_STRIPPED = frozenset(
+    [
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONSAFEPATH",
+        "PYTHONUSERBASE",
+        "PYTHONEXECUTABLE",
+        "VIRTUAL_ENV",
+        "__PYVENV_LAUNCHER__",
+    ]
+)
+
+# The runner reports backend warnings itself, as log lines of the hook; the
+# copy pyproject_hooks re-raises in the daemon would only reach its stderr.
+warnings.filterwarnings("ignore", category=pyproject_hooks.BuildBackendWarning)
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    returncode: int
+    last_lines: tuple[str, ...]
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    label: str,
+    hook: str,
+    emit: Emit,
+    cancel: threading.Event,
+    timeout: float | None = None,
+    cwd: str | None = None,
+    quiet: bool = False,
+) -> ProcessResult:
+    """Run ``argv`` to completion and return its exit code and last lines.
+
+    ``label`` names the process in error messages, ``hook`` tags its Log
+    events. Raises errors.Timeout / errors.Cancelled after killing the
+    process group; OSError when the process cannot be started.
+    """
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    lock = threading.Lock()
+    finished = threading.Event()
+    listening = not quiet
+
+    def on_line(stream: Literal["stdout", "stderr"], text: str) -> None:
+        nonlocal listening
+        # One lock keeps the tail and the event order consistent across both pipes.
+        with lock:
+            if finished.is_set():
+                return
+            tail.append(text)
+            if listening:
+                try:
+                    emit(Log(stream=stream, text=text, hook=hook))
+                except Exception:
+                    # A reader that died here would stop draining the pipe and
+                    # block the child: keep reading, stop forwarding.
+                    listening = False
+
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [
+        threading.Thread(target=_pump, args=(pipe, name, on_line), daemon=True)
+        for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+    ]
+    exited = threading.Event()
+    waiter = threading.Thread(target=_wait_exit, args=(proc, exited), daemon=True)
+    for thread in (*readers, waiter):
+        thread.start()
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    reason: Literal["timeout", "cancel"] | None = None
+    try:
+        while not exited.wait(_tick(deadline)):
+            if cancel.is_set():
+                reason = "cancel"
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                reason = "timeout"
+                break
+    finally:
+        # Always: on timeout or cancel this stops the work; after a normal exit
+        # it removes what the child left running (daemons, sleep loops), which
+        # would otherwise outlive the call and keep the pipes open.
+        _kill_group(proc.pid)
+        exited.wait()
+        returncode = proc.wait()
+        for thread in readers:
+            thread.join(_PIPE_GRACE)
+        with lock:
+            finished.set()
+            lines = tuple(tail)
+        # Each reader closes its own pipe at EOF: closing it here could block
+        # on a reader still stuck behind a process that left the group.
+
+    if reason == "timeout":
+        raise errors.Timeout(
+            f"{label} ran past its timeout of {timeout:g} s; its process group was killed",
+            hook=hook,
+            last_lines=lines,
+        )
+    if reason == "cancel":
+        raise errors.Cancelled(
+            f"{label} was cancelled; its process group was killed", hook=hook, last_lines=lines
+        )
+    return ProcessResult(returncode, lines)
+
+
+def _tick(deadline: float | None) -> float:
+    if deadline is None:
+        return _TICK
+    return max(0.0, min(_TICK, deadline - time.monotonic()))
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], exited: threading.Event) -> None:
+    try:
+        if hasattr(os, "waitid"):
+            # WNOWAIT leaves the child a zombie: its pid (which is also the
+            # group id) cannot be reused before _kill_group has run.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        else:  # pragma: no cover - platforms without waitid
+            proc.wait()
+    except ChildProcessError:
+        pass
+    finally:
+        exited.set()
+
+
+def _kill_group(pgid: int) -> None:
+    # Nothing left in the group raises (PermissionError: macOS, zombies only).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _pump(
+    pipe: IO[bytes],
+    stream: Literal["stdout", "stderr"],
+    on_line: Callable[[Literal["stdout", "stderr"], str], None],
+) -> None:
+    cutting = False
+    with pipe:
+        for chunk in iter(lambda: pipe.readline(MAX_LINE_BYTES), b""):
+            complete = chunk.endswith(b"\n")
+            if cutting:
+                # The rest of an over-long line: drop it up to its newline.
+                cutting = not complete
+                continue
+            text = chunk.rstrip(b"\r\n").decode("utf-8", "replace")
+            if not complete and len(chunk) >= MAX_LINE_BYTES:
+                cutting = True
+                text += CUT_MARK
+            on_line(stream, text)
+
+
+def hook_environment(env_path: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The daemon's environment, minus what would leak into the hook, plus the venv's."""
+    environ = {name: value for name, value in os.environ.items() if name not in _STRIPPED}
+    bin_dir = env_path / ("Scripts" if os.name == "nt" else "bin")
+    environ["VIRTUAL_ENV"] = str(env_path)
+    environ["PATH"] = os.pathsep.join([str(bin_dir), environ.get("PATH", os.defpath)])
+    environ["PYTHONNOUSERSITE"] = "1"
+    # Log lines should reach the client as the backend prints them.
+    environ["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        environ.update(extra)
+    return environ
+
+
+@dataclass(kw_only=True)
+class HookRunner:
+    """A pyproject_hooks subprocess runner: one call, one process group."""
+
+    env: Environment
+    backend: str
+    emit: Emit
+    cancel: threading.Event
+    timeout: float | None
+    quiet: bool = False
+
+    def __call__(
+        self,
+        cmd: Sequence[str],
+        cwd: str | None = None,
+        extra_environ: Mapping[str, str] | None = None,
+    ) -> None:
+        # pyproject_hooks runs [python, _in_process.py, hook_name, control_dir].
+        hook = cmd[2] if len(cmd) > 2 else "hook"
+        label = f"hook {hook} of backend {self.backend!r} (in {cwd})"
+        if self.cancel.is_set():
+            raise errors.Cancelled(f"{label} was cancelled before it started", hook=hook)
+        self.env.hook_calls += 1
+        try:
+            result = run_process(
+                cmd,
+                env=hook_environment(self.env.path, extra_environ),
+                cwd=cwd,
+                label=label,
+                hook=hook,
+                emit=self.emit,
+                cancel=self.cancel,
+                timeout=self.timeout,
+                quiet=self.quiet,
+            )
+        except OSError as exc:
+            raise errors.BackendFailed(
+                f"{label} could not start {cmd[0]}: {exc}", hook=hook
+            ) from exc
+        if result.returncode < 0:
+            raise errors.BackendFailed(
+                f"{label} was killed by signal {_signal_name(-result.returncode)}",
+                hook=hook,
+                last_lines=result.last_lines,
+            )
+        if result.returncode > 0:
+            last = next((line for line in reversed(result.last_lines) if line.strip()), "")
+            raise errors.BackendFailed(
+                f"{label} failed with exit code {result.returncode}"
+                + (f": {last}" if last else ""),
+                hook=hook,
+                last_lines=result.last_lines,
+            )
+        if len(cmd) > 3 and not self.quiet:
+            self._report_warnings(Path(cmd[3]) / "output.json", hook)
+
+    def _report_warnings(self, output: Path, hook: str) -> None:
+        try:
+            data: Any = json.loads(output.read_text(encoding="utf-8"))
+            for item in data.get("warnings", []):
+                text = f"{item['filename']}:{item['lineno']}: warning: {item['message']}"
+                self.emit(Log(stream="stderr", text=text, hook=hook))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            # Best effort: pyproject_hooks itself reports a missing or bad output.json.
+            return
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+@dataclass
+class Hooks:
+    """The hooks of one project, run in one environment; each call a fresh process."""
+
+    env: Environment
+    project: Project
+    _: KW_ONLY
+    timeout: float | None
+    cancel: threading.Event
+    emit: Emit
+    quiet: bool = False
+
+    def get_requires(
+        self, dist: Literal["wheel", "sdist", "editable"], config_settings: ConfigSettings
+    ) -> list[str]:
+        hook = f"get_requires_for_build_{dist}"
+        result = self._call(hook, dict(config_settings))
+        if not isinstance(result, list) or not all(isinstance(r, str) for r in result):
+            raise self._failed(hook, f"returned {result!r:.200}, not a list of strings")
+        return [str(r) for r in result]
+
+    def prepare_metadata(
+        self,
+        dist: Literal["wheel", "editable"],
+        metadata_dir: Path,
+        config_settings: ConfigSettings,
+    ) -> tuple[str, bool]:
+        """(dist-info folder name, whether it came from a fallback wheel build)."""
+        hook = f"prepare_metadata_for_build_{dist}"
+        result = self._call(hook, str(metadata_dir), dict(config_settings))
+        if not _is_basename(result) or not (metadata_dir / result).is_dir():
+            raise self._failed(hook, f"returned {result!r:.200}, not a folder in {metadata_dir}")
+        # pyproject_hooks leaves this marker when it built a wheel to get the metadata.
+        return str(result), (metadata_dir / "PYPROJECT_HOOKS_ALREADY_BUILT_WHEEL").exists()
+
+    def build(
+        self,
+        dist: Literal["wheel", "sdist", "editable"],
+        output_dir: Path,
+        config_settings: ConfigSettings,
+        metadata_directory: Path | None = None,
+    ) -> str:
+        """Build into ``output_dir``; ``metadata_directory`` is the prepared .dist-info.
+
+        The folder that ``prepare_metadata`` wrote into is accepted too: its
+        single ``.dist-info`` is used (PEP 517 wants the .dist-info itself).
+        """
+        hook = f"build_{dist}"
+        args: list[object] = [str(output_dir), dict(config_settings)]
+        if dist != "sdist":
+            args.append(None if metadata_directory is None else str(_dist_info(metadata_directory)))
+        result = self._call(hook, *args)
+        if not _is_basename(result) or not (output_dir / result).is_file():
+            raise self._failed(hook, f"returned {result!r:.200}, not a file in {output_dir}")
+        return str(result)
+
+    # ------------------------------------------------------------ internals --
+
+    def _call(self, hook: str, *args: object) -> object:
+        """Call the BuildBackendHookCaller method named like the hook, mapping its errors."""
+        env, project = self.env, self.project
+        where = str(project.pyproject or project.root)
+        runner = HookRunner(
+            env=env,
+            backend=project.backend,
+            emit=self.emit,
+            cancel=self.cancel,
+            timeout=self.timeout,
+            quiet=self.quiet,
+        )
+        try:
+            caller = pyproject_hooks.BuildBackendHookCaller(
+                str(project.root),
+                project.backend,
+                list(project.backend_path) or None,
+                runner=runner,
+                python_executable=str(env.python),
+            )
+        except ValueError as exc:
+            # pyproject_hooks' own check that backend-path stays inside the tree.
+            raise errors.InvalidProject(
+                f"{where}: build-system.backend-path {list(project.backend_path)}: {exc}",
+                path=where,
+            ) from exc
+        self.emit(
+            Phase("running_hook", hook=hook, key_id=env.key.id, environment_path=str(env.path))
+        )
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            result: object = getattr(caller, hook)(*args)
+            outcome = "ok"
+            return result
+        except errors.BuilddError:
+            raise
+        except pyproject_hooks.BackendUnavailable as exc:
+            raise errors.BackendUnavailable(
+                f"backend {project.backend!r} of {where} cannot be imported in environment "
+                f"{env.path}: {str(exc).splitlines()[0]}",
+                path=where,
+                hook=hook,
+                last_lines=exc.traceback.splitlines()[-TAIL_LINES:],
+            ) from exc
+        except pyproject_hooks.HookMissing as exc:
+            raise errors.HookMissing(
+                f"backend {project.backend!r} of {where} has no {exc.hook_name} hook",
+                path=where,
+                hook=hook,
+            ) from exc
+        except pyproject_hooks.UnsupportedOperation as exc:
+            failure = self._failed(hook, "says it cannot do this for this project")
+            failure.last_lines = exc.traceback.splitlines()[-TAIL_LINES:]
+            raise failure from exc
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise errors.ResourceExhausted(
+                    f"no space left for hook {hook} of {where}: {exc}", path=where, hook=hook
+                ) from exc
+            raise self._failed(hook, f"exited without a result: {exc}") from exc
+        except (ValueError, KeyError) as exc:
+            # Exit code 0 but no readable output.json: os._exit() in a backend.
+            raise self._failed(hook, f"exited without a result: {exc!r}") from exc
+        finally:
+            self.emit(
+                Phase(
+                    "hook_finished",
+                    hook=hook,
+                    detail=outcome,
+                    key_id=env.key.id,
+                    environment_path=str(env.path),
+                    step_seconds=max(time.monotonic() - started, 1e-6),
+                )
+            )
+
+    def _failed(self, hook: str, problem: str) -> errors.BackendFailed:
+        where = str(self.project.pyproject or self.project.root)
+        return errors.BackendFailed(
+            f"hook {hook} of backend {self.project.backend!r} of {where} {problem}",
+            path=where,
+            hook=hook,
+        )
+
+
+def _is_basename(value: object) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and os.sep not in value
+        and (os.altsep is None or os.altsep not in value)
+    )
+
+
+def _dist_info(path: Path) -> Path:
+    if path.name.endswith(".dist-info"):
+        return path
+    try:
+        found = [child for child in path.iterdir() if child.name.endswith(".dist-info")]
+    except OSError:
+        return path
+    return found[0] if len(found) == 1 else path

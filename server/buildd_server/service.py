@@ -1,0 +1,573 @@
+"""One request, from source to artifact: the logic behind the servicer.
+
+A request names a session and a source. The service reads the project, works
+out its environment key, leases an environment (the source's own instance
+when it has one: rule 2), runs the hooks in it, installs dynamic requirements
+into that same instance (rule 3), and moves artifacts into place.
+
+Requests for the same source in the same session are serialised by a
+per-source lock held for the whole request: the first request picks the
+instance and every later one finds the affinity already recorded, so two
+concurrent first requests can never pick two different instances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import structlog
+
+from . import errors
+from .artifacts import publish
+from .config import Config
+from .environments import Environment, EnvironmentFactory
+from .events import Emit, Log, Phase
+from .hooks import Hooks
+from .interpreters import Interpreter, resolve_interpreter
+from .keys import EnvKey, make_key, normalize_requirements
+from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
+from .sessions import Session, SessionRegistry
+from .sources import Project, is_sdist, load_project, unpack_sdist
+
+log = structlog.get_logger("buildd.service")
+
+Dist = Literal["wheel", "sdist", "editable"]
+ConfigSettings = Mapping[str, "str | list[str]"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What every hook-running request carries, already decoded from the wire."""
+
+    session_id: str
+    source: str
+    python: str = ""
+    config_settings: Mapping[str, str | list[str]] = field(default_factory=dict)
+    quiet: bool = False
+    # Absolute time.monotonic() deadline, or None for none.
+    deadline: float | None = None
+
+
+@dataclass
+class Prepared:
+    """Metadata prepared for one source, valid while its instance and files stay the same."""
+
+    directory: Path
+    dist_info: str
+    environment_id: str
+    fingerprint: tuple[tuple[str, int, int], ...]
+    from_wheel: bool
+
+
+@dataclass
+class SourceState:
+    """What a session remembers about one source."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    environment: Environment | None = None
+    prepared: dict[tuple[str, str], Prepared] = field(default_factory=dict)
+    # For a source given as an sdist: where it was unpacked and from which file state.
+    unpacked: tuple[tuple[int, int], Path] | None = None
+
+
+@dataclass(frozen=True)
+class MetadataOutcome:
+    metadata: bytes
+    dist_info_name: str
+    dist_info_path: Path
+    from_wheel: bool
+
+
+@dataclass(frozen=True)
+class RequiresOutcome:
+    static: tuple[str, ...]
+    dynamic: tuple[str, ...]
+    key_id: str
+    backend: str
+
+
+@dataclass(frozen=True)
+class ArtifactOutcome:
+    distribution: Dist
+    path: Path
+    size: int
+    sha256: str
+
+
+class BuildService:
+    """Runs requests against sessions, the pool and environments."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: SessionRegistry,
+        pool: Pool[EnvKey, Environment],
+        factory: EnvironmentFactory,
+        installer_name: str,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._pool = pool
+        self._factory = factory
+        self._installer_name = installer_name
+        self._lock = threading.Lock()
+        self._sources: dict[str, dict[str, SourceState]] = {}
+        self._in_flight: dict[str, int] = {}
+        self._end_counts: dict[str, tuple[int, int]] = {}
+        self.draining = False
+
+    # ------------------------------------------------------------ requests --
+
+    def get_requires(
+        self, request: Request, dist: Dist, emit: Emit, cancel: threading.Event
+    ) -> RequiresOutcome:
+        def work(ctx: _Context) -> RequiresOutcome:
+            with ctx.leased() as (lease, hooks):
+                dynamic = self._dynamic_requirements(ctx, lease, hooks, dist)
+                return RequiresOutcome(
+                    static=ctx.project.requires,
+                    dynamic=tuple(dynamic),
+                    key_id=lease.instance.key.id,
+                    backend=ctx.project.backend,
+                )
+
+        return self._run(request, emit, cancel, work)
+
+    def prepare_metadata(
+        self, request: Request, dist: Literal["wheel", "editable"], emit: Emit, cancel: threading.Event
+    ) -> MetadataOutcome:
+        def work(ctx: _Context) -> MetadataOutcome:
+            with ctx.leased() as (lease, hooks):
+                self._dynamic_requirements(ctx, lease, hooks, dist)
+                prepared = self._prepare(ctx, lease.instance, hooks, dist)
+                path = prepared.directory / prepared.dist_info
+                return MetadataOutcome(
+                    metadata=(path / "METADATA").read_bytes(),
+                    dist_info_name=prepared.dist_info,
+                    dist_info_path=path,
+                    from_wheel=prepared.from_wheel,
+                )
+
+        return self._run(request, emit, cancel, work)
+
+    def build(
+        self,
+        request: Request,
+        dists: Sequence[Dist],
+        wheel_from_sdist: bool,
+        output_directory: str,
+        emit: Emit,
+        cancel: threading.Event,
+    ) -> list[ArtifactOutcome]:
+        if not dists:
+            dists = ("sdist", "wheel")
+        if len(set(dists)) != len(dists):
+            raise errors.InvalidRequest(f"distributions: {list(dists)} names one kind twice")
+
+        def work(ctx: _Context) -> list[ArtifactOutcome]:
+            outdir = self._output_directory(output_directory, ctx.project)
+            results: list[ArtifactOutcome] = []
+            sdist_path: Path | None = None
+            for dist in dists:
+                if dist == "wheel" and wheel_from_sdist and sdist_path is not None:
+                    results.append(self._wheel_from_sdist(ctx, sdist_path, outdir))
+                    continue
+                with ctx.leased() as (lease, hooks):
+                    self._dynamic_requirements(ctx, lease, hooks, dist)
+                    artifact = self._build_one(ctx, lease.instance, hooks, dist, outdir)
+                results.append(artifact)
+                if dist == "sdist":
+                    sdist_path = artifact.path
+            return results
+
+        return self._run(request, emit, cancel, work)
+
+    # ------------------------------------------------------------- sessions --
+
+    def session_ended(self, session: Session) -> tuple[int, int]:
+        """Drop everything a session owns; called once when it ends, however it ends."""
+        with self._lock:
+            self._sources.pop(session.id, None)
+            busy = self._in_flight.get(session.id, 0)
+        deleted, pending = self._pool.drop_owner(session.id)
+        if busy == 0:
+            self._remove_session_dir(session)
+        with self._lock:
+            # Read back once by CloseSession; sessions that expire are never
+            # asked about, so keep only the latest few.
+            self._end_counts[session.id] = (deleted, pending)
+            while len(self._end_counts) > 64:
+                del self._end_counts[next(iter(self._end_counts))]
+        log.info("session_ended", session=session.id[:8], envs_deleted=deleted, envs_pending=pending)
+        return deleted, pending
+
+    def last_end_counts(self, session_id: str) -> tuple[int, int]:
+        """(deleted now, deleted at release) of a session that just ended."""
+        with self._lock:
+            return self._end_counts.pop(session_id, (0, 0))
+
+    def sources_of(self, session_id: str, env: Environment) -> list[str]:
+        """The sources of a session whose affinity points at ``env``."""
+        with self._lock:
+            states = list(self._sources.get(session_id, {}).items())
+        return sorted(src for src, state in states if state.environment is env and "\0" not in src)
+
+    def destroy_environment(self, env: Environment) -> None:
+        """The pool's destroy callback: delete the instance and any folder it leaves empty."""
+        self._factory.destroy(env)
+        for folder in (env.path.parent, env.path.parent.parent):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    # ------------------------------------------------------------ internals --
+
+    def _run(
+        self,
+        request: Request,
+        emit: Emit,
+        cancel: threading.Event,
+        work: Callable[[_Context], T],
+    ) -> T:
+        if self.draining:
+            raise errors.Unavailable("the daemon is shutting down and takes no new requests")
+        session = self._registry.get(request.session_id)
+        with self._lock:
+            self._in_flight[session.id] = self._in_flight.get(session.id, 0) + 1
+        if request.quiet:
+            emit = _drop_logs(emit)
+        bound = log.bind(session=session.id[:8], source=request.source)
+        try:
+            # Checked after counting this request in, so that an end racing
+            # with it either sees the request (and leaves cleanup to it) or
+            # the request sees the end.
+            if session.ended:
+                raise errors.SessionNotFound(f"session {session.id[:8]}… has ended")
+            ctx = self._context(request, session, emit, cancel)
+            bound.info("request_started", key=ctx.key.id, backend=ctx.project.backend)
+            with ctx.source_lock():
+                return work(ctx)
+        finally:
+            self._registry.touch(session)
+            with self._lock:
+                left = self._in_flight[session.id] - 1
+                if left:
+                    self._in_flight[session.id] = left
+                else:
+                    del self._in_flight[session.id]
+                finished_after_end = left == 0 and session.ended
+            if finished_after_end:
+                self._remove_session_dir(session)
+
+    def _context(
+        self, request: Request, session: Session, emit: Emit, cancel: threading.Event
+    ) -> _Context:
+        state = self._source_state(session.id, request.source)
+        root = self._project_root(request.source, session, state)
+        project = load_project(str(root))
+        interpreter = resolve_interpreter(request.python)
+        origin = f"{project.pyproject or project.root}: build-system.requires"
+        key = make_key(
+            interpreter,
+            project.requires,
+            self._installer_name,
+            self._config.installer_options,
+            origin=origin,
+        )
+        emit(Phase("key_resolved", detail=project.backend, key_id=key.id))
+        return _Context(self, request, session, state, project, interpreter, key, emit, cancel)
+
+    def _project_root(self, source: str, session: Session, state: SourceState) -> Path:
+        path = Path(source)
+        if not path.is_absolute():
+            raise errors.InvalidRequest(f"source.path: {source!r} is not an absolute path")
+        if not is_sdist(path):
+            return path
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if state.unpacked is not None and state.unpacked[0] == stamp and state.unpacked[1].is_dir():
+            return state.unpacked[1]
+        dest = Path(tempfile.mkdtemp(prefix="sdist-", dir=self._work_dir(session)))
+        root = unpack_sdist(path, dest)
+        state.unpacked = (stamp, root)
+        return root
+
+    def _source_state(self, session_id: str, source: str) -> SourceState:
+        with self._lock:
+            per_session = self._sources.setdefault(session_id, {})
+            return per_session.setdefault(source, SourceState())
+
+    def _forget_source(self, session_id: str, source: str) -> None:
+        with self._lock:
+            self._sources.get(session_id, {}).pop(source, None)
+
+    def _work_dir(self, session: Session) -> Path:
+        work = session.directory / "work"
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return work
+
+    def _remove_session_dir(self, session: Session) -> None:
+        shutil.rmtree(session.directory / "work", ignore_errors=True)
+        # Environments still leased live under envs/ and are removed at release.
+        for folder in (session.directory / "envs", session.directory):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def _dynamic_requirements(
+        self, ctx: _Context, lease: Lease[Environment], hooks: Hooks, dist: Dist
+    ) -> list[str]:
+        env = lease.instance
+        dynamic = hooks.get_requires(dist, ctx.request.config_settings)
+        origin = f"{ctx.project.backend}: get_requires_for_build_{dist}"
+        wanted = normalize_requirements(dynamic, ctx.interpreter.marker_environment(), origin=origin)
+        missing = [req for req in wanted if req not in env.key.requirements]
+        if missing:
+            self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
+            lease.rekey(env.key)
+        return dynamic
+
+    def _prepare(
+        self, ctx: _Context, env: Environment, hooks: Hooks, dist: Literal["wheel", "editable"]
+    ) -> Prepared:
+        work = self._work_dir(ctx.session)
+        directory = Path(tempfile.mkdtemp(prefix=f"metadata-{dist}-", dir=work))
+        try:
+            dist_info, from_wheel = hooks.prepare_metadata(
+                dist, directory, ctx.request.config_settings
+            )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        prepared = Prepared(directory, dist_info, env.id, ctx.project.fingerprint(), from_wheel)
+        slot = (dist, _settings_id(ctx.request.config_settings))
+        old = ctx.state.prepared.get(slot)
+        ctx.state.prepared[slot] = prepared
+        if old is not None:
+            shutil.rmtree(old.directory, ignore_errors=True)
+        return prepared
+
+    def _metadata_directory(
+        self, ctx: _Context, env: Environment, dist: Dist
+    ) -> Path | None:
+        """The prepared metadata to pass to build_* (rule 6), when it is still valid."""
+        if dist == "sdist":
+            return None
+        prepared = ctx.state.prepared.get((dist, _settings_id(ctx.request.config_settings)))
+        if prepared is None:
+            return None
+        if (
+            prepared.environment_id != env.id
+            or prepared.fingerprint != ctx.project.fingerprint()
+            or not (prepared.directory / prepared.dist_info).is_dir()
+        ):
+            return None
+        return prepared.directory
+
+    def _build_one(
+        self, ctx: _Context, env: Environment, hooks: Hooks, dist: Dist, outdir: Path
+    ) -> ArtifactOutcome:
+        staging = Path(tempfile.mkdtemp(prefix=f"build-{dist}-", dir=self._work_dir(ctx.session)))
+        try:
+            metadata_directory = self._metadata_directory(ctx, env, dist)
+            name = hooks.build(dist, staging, ctx.request.config_settings, metadata_directory)
+            built = staging / name
+            if not built.is_file():
+                raise errors.BackendFailed(
+                    f"build_{dist} returned {name!r}, but no such file was written in the "
+                    "output directory",
+                    hook=f"build_{dist}",
+                )
+            final, size, digest = publish(built, outdir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        ctx.emit(Phase("artifact_written", detail=str(final)))
+        return ArtifactOutcome(dist, final, size, digest)
+
+    def _wheel_from_sdist(self, ctx: _Context, sdist: Path, outdir: Path) -> ArtifactOutcome:
+        """Build the wheel from the unpacked sdist, as ``python -m build`` does by default."""
+        work = self._work_dir(ctx.session)
+        unpack_root = Path(tempfile.mkdtemp(prefix="from-sdist-", dir=work))
+        source_id = f"{ctx.request.source}\0from-sdist"
+        try:
+            root = unpack_sdist(sdist, unpack_root)
+            project = load_project(str(root))
+            origin = f"{sdist.name}: build-system.requires"
+            key = make_key(
+                ctx.interpreter,
+                project.requires,
+                self._installer_name,
+                self._config.installer_options,
+                origin=origin,
+            )
+            state = self._source_state(ctx.session.id, source_id)
+            sub = _Context(
+                self, ctx.request, ctx.session, state, project, ctx.interpreter, key, ctx.emit,
+                ctx.cancel,
+            )
+            with sub.leased() as (lease, hooks):
+                self._dynamic_requirements(sub, lease, hooks, "wheel")
+                return self._build_one(sub, lease.instance, hooks, "wheel", outdir)
+        finally:
+            self._forget_source(ctx.session.id, source_id)
+            shutil.rmtree(unpack_root, ignore_errors=True)
+
+    def _output_directory(self, requested: str, project: Project) -> Path:
+        if not requested:
+            return project.root / "dist"
+        path = Path(requested)
+        if not path.is_absolute():
+            raise errors.InvalidRequest(f"output_directory: {requested!r} is not an absolute path")
+        if path.exists() and not path.is_dir():
+            raise errors.InvalidRequest(f"output_directory: {requested} exists and is not a folder")
+        return path
+
+    def lease(self, ctx: _Context) -> Lease[Environment]:
+        """Lease the source's own instance, or one of its key (creating it if needed)."""
+        owner = ctx.session.id
+        waited = False
+
+        def on_wait() -> None:
+            nonlocal waited
+            waited = True
+            ctx.emit(Phase("waiting_for_environment", key_id=ctx.key.id))
+
+        env = ctx.state.environment
+        if env is not None and not _still_fits(env, ctx.key):
+            # The project's static requirements or interpreter changed: start afresh.
+            ctx.state.environment = None
+            ctx.state.prepared.clear()
+            env = None
+        try:
+            if env is not None:
+                try:
+                    return self._pool.acquire_instance(
+                        owner, env, deadline=ctx.request.deadline, cancel=ctx.cancel,
+                        on_wait=on_wait,
+                    )
+                except InstanceGone:
+                    log.info("affinity_lost", session=owner[:8], env=env.id)
+                    ctx.state.environment = None
+                    ctx.state.prepared.clear()
+            envs_dir = ctx.session.directory / "envs"
+
+            def create() -> Environment:
+                return self._factory.create(
+                    ctx.key, ctx.interpreter, envs_dir, emit=ctx.emit, cancel=ctx.cancel
+                )
+
+            return self._pool.acquire(
+                owner, ctx.key, create, deadline=ctx.request.deadline, cancel=ctx.cancel,
+                on_wait=on_wait,
+            )
+        except PoolTimeout as exc:
+            raise errors.Timeout(
+                f"no environment for key {ctx.key.id} became free before the request's deadline"
+            ) from exc
+        except PoolCancelled as exc:
+            raise errors.Cancelled("the request was cancelled while waiting for an environment") from exc
+        except OwnerGone as exc:
+            raise errors.SessionNotFound(f"session {owner[:8]}… ended while waiting") from exc
+
+
+class _Context:
+    """One request's resolved inputs, and the helpers that need them together."""
+
+    def __init__(
+        self,
+        service: BuildService,
+        request: Request,
+        session: Session,
+        state: SourceState,
+        project: Project,
+        interpreter: Interpreter,
+        key: EnvKey,
+        emit: Emit,
+        cancel: threading.Event,
+    ) -> None:
+        self.service = service
+        self.request = request
+        self.session = session
+        self.state = state
+        self.project = project
+        self.interpreter = interpreter
+        self.key = key
+        self.emit = emit
+        self.cancel = cancel
+
+    @contextmanager
+    def source_lock(self) -> Iterator[None]:
+        """Hold the per-source lock, waiting within the deadline and noticing cancels."""
+        while not self.state.lock.acquire(timeout=0.05):
+            if self.cancel.is_set():
+                raise errors.Cancelled("the request was cancelled while waiting for its source")
+            if self.request.deadline is not None and time.monotonic() > self.request.deadline:
+                raise errors.Timeout("the deadline passed while another request used this source")
+        try:
+            yield
+        finally:
+            self.state.lock.release()
+
+    @contextmanager
+    def leased(self) -> Iterator[tuple[Lease[Environment], Hooks]]:
+        """Lease an environment for a sequence of hook calls; discard it on doubt (rule 5)."""
+        lease = self.service.lease(self)
+        env = lease.instance
+        self.emit(
+            Phase("environment_leased", key_id=env.key.id, environment_path=str(env.path))
+        )
+        hooks = Hooks(
+            env, self.project, timeout=self.service._config.hook_timeout, cancel=self.cancel,
+            emit=self.emit,
+        )
+        discard = True
+        try:
+            yield lease, hooks
+            discard = False
+        except (errors.InvalidProject, errors.HookMissing, errors.BackendUnavailable):
+            # The hook process ended through the PEP 517 protocol itself: the
+            # instance was not touched, but prove it before keeping it.
+            discard = not self.service._factory.validate(env)
+            raise
+        finally:
+            if discard:
+                self.state.environment = None
+                self.state.prepared.clear()
+            else:
+                self.state.environment = env
+            env.last_used_at = time.time()
+            lease.release(discard=discard)
+
+
+def _still_fits(env: Environment, key: EnvKey) -> bool:
+    return (
+        env.key.interpreter == key.interpreter
+        and env.key.installer == key.installer
+        and env.key.installer_options == key.installer_options
+        and set(key.requirements) <= set(env.key.requirements)
+    )
+
+
+def _settings_id(settings: Mapping[str, str | list[str]]) -> str:
+    text = repr(sorted((k, v if isinstance(v, str) else tuple(v)) for k, v in settings.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _drop_logs(emit: Emit) -> Emit:
+    def quiet_emit(event: Phase | Log) -> None:
+        if not isinstance(event, Log):
+            emit(event)
+
+    return quiet_emit

@@ -1,0 +1,425 @@
+"""The gRPC servicer: translates between buildd.v1 messages and the service.
+
+Nothing here decides anything. Long calls run the service in a worker thread
+that pushes events into a bounded queue; the RPC's generator drains it. When
+the RPC ends for any reason (client cancel, disconnect, deadline, shutdown),
+gRPC runs the callback that sets the request's cancel event, which kills the
+running hook's process group.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import grpc
+import structlog
+
+from buildd import __version__
+from buildd.v1 import buildd_pb2 as pb
+from buildd.v1 import buildd_pb2_grpc
+
+from . import errors
+from .events import Event, Log, Phase
+from .service import ArtifactOutcome, BuildService, Dist, MetadataOutcome, Request, RequiresOutcome
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .environments import Environment
+    from .keys import EnvKey
+    from .pool import Pool
+    from .sessions import SessionRegistry
+
+log = structlog.get_logger("buildd.servicer")
+T = TypeVar("T")
+
+_PHASES: dict[str, int] = {
+    "key_resolved": pb.PHASE_KIND_KEY_RESOLVED,
+    "waiting_for_environment": pb.PHASE_KIND_WAITING_FOR_ENVIRONMENT,
+    "creating_environment": pb.PHASE_KIND_CREATING_ENVIRONMENT,
+    "installing_requirements": pb.PHASE_KIND_INSTALLING_REQUIREMENTS,
+    "environment_leased": pb.PHASE_KIND_ENVIRONMENT_LEASED,
+    "running_hook": pb.PHASE_KIND_RUNNING_HOOK,
+    "hook_finished": pb.PHASE_KIND_HOOK_FINISHED,
+    "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
+}
+_DISTS: dict[int, Dist] = {
+    pb.DISTRIBUTION_WHEEL: "wheel",
+    pb.DISTRIBUTION_SDIST: "sdist",
+    pb.DISTRIBUTION_EDITABLE: "editable",
+}
+_DIST_NUMBERS = {name: number for number, name in _DISTS.items()}
+# Bounded so a backend printing without end cannot grow the daemon's memory:
+# when the client reads slowly, the hook's pipe fills and the hook waits.
+_QUEUE_SIZE = 512
+_MAX_SETTINGS = 256
+_MAX_SETTING_BYTES = 64 * 1024
+
+
+class _End:
+    """Queue sentinel carrying the worker's outcome."""
+
+    def __init__(self, value: object = None, error: errors.BuilddError | None = None) -> None:
+        self.value = value
+        self.error = error
+
+
+class Servicer(buildd_pb2_grpc.BuilddServicer):
+    def __init__(
+        self,
+        config: Config,
+        address: str,
+        service: BuildService,
+        registry: SessionRegistry,
+        pool: Pool[EnvKey, Environment],
+        installer_name: str,
+    ) -> None:
+        self._config = config
+        self._address = address
+        self._service = service
+        self._registry = registry
+        self._pool = pool
+        self._installer_name = installer_name
+        self._started_at = time.time()
+        self.active_calls = 0
+        self._calls_lock = threading.Lock()
+
+    # ------------------------------------------------------------ sessions --
+
+    def OpenSession(
+        self, request: pb.OpenSessionRequest, context: grpc.ServicerContext
+    ) -> pb.SessionInfo:
+        def run() -> pb.SessionInfo:
+            if self._service.draining:
+                raise errors.Unavailable("the daemon is shutting down and opens no sessions")
+            session = self._registry.open(request.client_name[:200])
+            log.info("session_opened", session=session.id[:8], client=request.client_name[:200])
+            return self._session_info(session.id, session.created_at)
+
+        return self._unary(context, run)
+
+    def JoinSession(
+        self, request: pb.JoinSessionRequest, context: grpc.ServicerContext
+    ) -> pb.SessionInfo:
+        def run() -> pb.SessionInfo:
+            session = self._registry.get(request.session_id)
+            return self._session_info(session.id, session.created_at)
+
+        return self._unary(context, run)
+
+    def KeepAlive(
+        self, request: pb.KeepAliveRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.KeepAliveResponse]:
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        interval = request.interval_seconds or min(30.0, self._config.session_ttl / 3)
+        interval = max(0.05, interval)
+        try:
+            holder = self._registry.keepalive(request.session_id)
+            holder.__enter__()
+        except errors.BuilddError as exc:
+            context.abort(exc.status, exc.message)
+        try:
+            while not ended.is_set() and not self._service.draining:
+                yield pb.KeepAliveResponse(now=time.time())
+                ended.wait(interval)
+        finally:
+            holder.__exit__(None, None, None)
+
+    def CloseSession(
+        self, request: pb.CloseSessionRequest, context: grpc.ServicerContext
+    ) -> pb.CloseSessionResponse:
+        def run() -> pb.CloseSessionResponse:
+            session = self._registry.get(request.session_id)
+            self._registry.close(session.id)
+            deleted, pending = self._service.last_end_counts(session.id)
+            return pb.CloseSessionResponse(
+                environments_deleted=deleted, environments_pending=pending
+            )
+
+        return self._unary(context, run)
+
+    # ---------------------------------------------------------- long calls --
+
+    def GetRequires(
+        self, request: pb.GetRequiresRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Event]:
+        dist = _DISTS.get(request.distribution or pb.DISTRIBUTION_WHEEL)
+
+        def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
+            if dist is None:
+                raise errors.InvalidRequest(f"distribution: unknown value {request.distribution}")
+            out: RequiresOutcome = self._service.get_requires(req, dist, emit, cancel)
+            return pb.Result(
+                requires=pb.RequiresResult(
+                    static_requirements=out.static,
+                    dynamic_requirements=out.dynamic,
+                    key_id=out.key_id,
+                    backend=out.backend,
+                )
+            )
+
+        return self._stream(request.context, context, "get_requires", run)
+
+    def PrepareMetadata(
+        self, request: pb.PrepareMetadataRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Event]:
+        dist = _DISTS.get(request.distribution or pb.DISTRIBUTION_WHEEL)
+
+        def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
+            if dist not in ("wheel", "editable"):
+                raise errors.InvalidRequest(
+                    f"distribution: metadata is prepared for WHEEL or EDITABLE, not "
+                    f"{pb.Distribution.Name(request.distribution)}"
+                    if request.distribution in _DISTS
+                    else f"distribution: unknown value {request.distribution}"
+                )
+            out: MetadataOutcome = self._service.prepare_metadata(req, dist, emit, cancel)
+            return pb.Result(
+                metadata=pb.MetadataResult(
+                    metadata=out.metadata,
+                    dist_info_name=out.dist_info_name,
+                    dist_info_path=str(out.dist_info_path),
+                    from_wheel=out.from_wheel,
+                )
+            )
+
+        return self._stream(request.context, context, "prepare_metadata", run)
+
+    def Build(self, request: pb.BuildRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
+            dists: list[Dist] = []
+            for index, number in enumerate(request.distributions):
+                name = _DISTS.get(number)
+                if name is None:
+                    raise errors.InvalidRequest(f"distributions[{index}]: unknown value {number}")
+                dists.append(name)
+            out: list[ArtifactOutcome] = self._service.build(
+                req, dists, request.wheel_from_sdist, request.output_directory, emit, cancel
+            )
+            return pb.Result(
+                build=pb.BuildResult(
+                    artifacts=[
+                        pb.Artifact(
+                            distribution=_DIST_NUMBERS[a.distribution],  # type: ignore[arg-type]
+                            path=str(a.path),
+                            filename=a.path.name,
+                            size=a.size,
+                            sha256=a.sha256,
+                        )
+                        for a in out
+                    ]
+                )
+            )
+
+        return self._stream(request.context, context, "build", run)
+
+    # --------------------------------------------------------------- status --
+
+    def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.ServicerContext
+    ) -> pb.StatusResponse:
+        def run() -> pb.StatusResponse:
+            return self._status(request.session_id)
+
+        return self._unary(context, run)
+
+    def _status(self, only: str) -> pb.StatusResponse:
+        sessions = [self._registry.get(only)] if only else self._registry.all()
+        entries = self._pool.snapshot()
+        response = pb.StatusResponse(
+            daemon=pb.DaemonInfo(
+                pid=os.getpid(),
+                version=__version__,
+                address=self._address,
+                state_dir=str(self._config.state_dir),
+                started_at=self._started_at,
+                installer=self._installer_name,
+                max_envs=self._config.max_envs,
+                max_envs_per_key=self._config.max_envs_per_key,
+                draining=self._service.draining,
+            )
+        )
+        for session in sessions:
+            status = response.sessions.add(
+                session_id=session.id,
+                client_name=session.client_name,
+                created_at=session.created_at,
+                last_active_at=time.time() - (time.monotonic() - session.last_active),
+                keepalives=session.keepalives,
+            )
+            for entry in entries:
+                if entry.owner != session.id:
+                    continue
+                env = entry.instance
+                status.environments.add(
+                    id=env.id,
+                    path=str(env.path),
+                    key_id=env.key.id,
+                    interpreter=env.interpreter.executable,
+                    python_version=env.interpreter.version,
+                    requirements=list(env.key.requirements),
+                    state=(
+                        pb.ENVIRONMENT_STATE_LEASED
+                        if entry.state == "leased"
+                        else pb.ENVIRONMENT_STATE_IDLE
+                    ),
+                    hook_calls=env.hook_calls,
+                    created_at=env.created_at,
+                    last_used_at=env.last_used_at,
+                    sources=self._service.sources_of(session.id, env),
+                )
+        return response
+
+    # ------------------------------------------------------------ plumbing --
+
+    def _session_info(self, session_id: str, created_at: float) -> pb.SessionInfo:
+        return pb.SessionInfo(
+            session_id=session_id, ttl_seconds=self._config.session_ttl, created_at=created_at
+        )
+
+    def _unary(self, context: grpc.ServicerContext, run: Callable[[], T]) -> T:
+        try:
+            return run()
+        except errors.BuilddError as exc:
+            log.info("request_failed", error=type(exc).__name__, message=exc.message)
+            context.abort(exc.status, exc.message)
+        except Exception as exc:
+            log.exception("internal_error")
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+
+    def _stream(
+        self,
+        wire: pb.BuildContext,
+        context: grpc.ServicerContext,
+        name: str,
+        run: Callable[[Request, Callable[[Event], None], threading.Event], pb.Result],
+    ) -> Iterator[pb.Event]:
+        started = time.monotonic()
+        cancel = threading.Event()
+        context.add_callback(cancel.set)
+        events: queue.Queue[pb.Event | _End] = queue.Queue(maxsize=_QUEUE_SIZE)
+
+        def put(item: pb.Event | _End) -> None:
+            while not cancel.is_set():
+                try:
+                    events.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        def emit(event: Event) -> None:
+            put(_to_wire(event, started))
+
+        remaining = context.time_remaining()
+        try:
+            request = _decode(wire, None if remaining is None else started + remaining)
+        except errors.BuilddError as exc:
+            yield pb.Event(failure=_failure(exc))
+            context.abort(exc.status, exc.message)
+
+        def work() -> None:
+            with self._calls_lock:
+                self.active_calls += 1
+            try:
+                put(_End(value=run(request, emit, cancel)))
+            except errors.BuilddError as exc:
+                put(_End(error=exc))
+            except Exception as exc:
+                log.exception("internal_error", call=name)
+                put(_End(error=errors.BuilddError(f"internal error in {name}: {exc!r}")))
+            finally:
+                with self._calls_lock:
+                    self.active_calls -= 1
+
+        threading.Thread(target=work, name=f"buildd-{name}", daemon=True).start()
+        while True:
+            item = events.get()
+            if isinstance(item, pb.Event):
+                yield item
+                continue
+            if item.error is None:
+                assert isinstance(item.value, pb.Result)
+                yield pb.Event(result=item.value)
+                return
+            error = item.error
+            log.info(
+                "request_failed", call=name, error=type(error).__name__, message=error.message,
+                session=request.session_id[:8],
+            )
+            yield pb.Event(failure=_failure(error))
+            context.abort(error.status, error.message)
+
+
+def _decode(wire: pb.BuildContext, deadline: float | None) -> Request:
+    if not wire.HasField("source") or not wire.source.path:
+        raise errors.InvalidRequest("context.source.path: a source path is required")
+    if len(wire.config_settings) > _MAX_SETTINGS:
+        raise errors.InvalidRequest(
+            f"context.config_settings: {len(wire.config_settings)} entries, at most "
+            f"{_MAX_SETTINGS} are accepted"
+        )
+    settings: dict[str, str | list[str]] = {}
+    for index, item in enumerate(wire.config_settings):
+        size = len(item.key) + sum(len(v) for v in item.values)
+        if not item.key:
+            raise errors.InvalidRequest(f"context.config_settings[{index}].key is empty")
+        if size > _MAX_SETTING_BYTES:
+            raise errors.InvalidRequest(
+                f"context.config_settings[{index}] ({item.key[:40]!r}) is {size} bytes, "
+                f"at most {_MAX_SETTING_BYTES} are accepted"
+            )
+        if "\0" in item.key or any("\0" in v for v in item.values):
+            raise errors.InvalidRequest(
+                f"context.config_settings[{index}] ({item.key[:40]!r}) contains a NUL character"
+            )
+        values = list(item.values)
+        previous = settings.get(item.key)
+        if previous is None:
+            settings[item.key] = values[0] if len(values) == 1 else values
+        else:
+            merged = [previous] if isinstance(previous, str) else list(previous)
+            settings[item.key] = merged + values
+    return Request(
+        session_id=wire.session_id,
+        source=wire.source.path,
+        python=wire.python,
+        config_settings=settings,
+        quiet=wire.quiet,
+        deadline=deadline,
+    )
+
+
+def _to_wire(event: Event, started: float) -> pb.Event:
+    if isinstance(event, Log):
+        stream = pb.LOG_STREAM_STDOUT if event.stream == "stdout" else pb.LOG_STREAM_STDERR
+        return pb.Event(log=pb.LogLine(stream=stream, text=event.text, hook=event.hook))
+    assert isinstance(event, Phase)
+    return pb.Event(
+        phase=pb.Phase(
+            kind=_PHASES[event.name],  # type: ignore[arg-type]
+            elapsed_seconds=time.monotonic() - started,
+            detail=event.detail,
+            key_id=event.key_id,
+            environment_path=event.environment_path,
+            hook=event.hook,
+            count=event.count,
+            step_seconds=event.step_seconds,
+        )
+    )
+
+
+def _failure(exc: errors.BuilddError) -> pb.Failure:
+    kwargs: dict[str, Any] = {
+        "kind": exc.kind,
+        "status_code": exc.status.value[0],
+        "message": exc.message,
+        "hook": exc.hook,
+        "last_lines": exc.last_lines[-50:],
+        "path": exc.path,
+    }
+    return pb.Failure(**kwargs)

@@ -1,0 +1,252 @@
+"""Sessions: one client's working period, owning environments and prepared metadata.
+
+A session ends by ``close`` or by idle expiry. While a keep-alive holds it
+(an IDE's KeepAlive stream, or a running request) it never expires; when the
+last hold goes away its idle clock starts again. Ending calls ``on_end``
+exactly once, never under the registry lock, because ending drops the
+session's pool owner and deletes its directory: slow work that must not stall
+every other request's ``get``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from buildd_server import errors
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+_log = logging.getLogger(__name__)
+
+# token_urlsafe(24) gives 32 characters; accept a range so ids stay opaque.
+_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# Ids of ended sessions kept to say "has ended" rather than "unknown".
+_ENDED_MEMORY = 1024
+
+EndReason = Literal["closed", "expired", "shutdown"]
+
+
+def _show(session_id: str) -> str:
+    """A bounded, quoted form of a client-supplied id, safe for messages and logs."""
+    if len(session_id) > 40:
+        return repr(session_id[:40]) + f"... ({len(session_id)} characters)"
+    return repr(session_id)
+
+
+@dataclass(eq=False)
+class Session:
+    """One session. ``lock`` guards ``sources``; the registry guards the rest."""
+
+    id: str
+    client_name: str
+    # Owned by the session: deleted by ``on_end``.
+    directory: Path
+    # Wall time (Unix seconds), for status.
+    created_at: float
+    # Registry clock (monotonic), for expiry.
+    last_active: float
+    # Wall time of the last activity, for status.
+    last_active_at: float
+    keepalives: int = 0
+    ended: bool = False
+    end_reason: EndReason | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Per-source state of the service (affinity, prepared metadata), keyed by source.
+    sources: dict[str, object] = field(default_factory=dict, repr=False)
+
+
+class SessionRegistry:
+    """All live sessions of the daemon; thread-safe."""
+
+    def __init__(
+        self,
+        root: Path,
+        ttl: float,
+        on_end: Callable[[Session], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._root = root
+        self._ttl = ttl
+        self._on_end = on_end
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+        self._ended: OrderedDict[str, EndReason] = OrderedDict()
+        self._closed = False
+        self._reaper: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
+    def open(self, client_name: str) -> Session:
+        """Start a session with an unguessable id and a private directory (0700)."""
+        session_id = secrets.token_urlsafe(24)
+        directory = self._root / session_id
+        self._root.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)
+        # mkdir's mode is filtered by the umask; make it exactly private.
+        directory.chmod(0o700)
+        now = self._clock()
+        wall = time.time()
+        session = Session(session_id, client_name, directory, wall, now, wall)
+        with self._lock:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                self._sessions[session_id] = session
+        if closed:
+            directory.rmdir()
+            raise errors.Unavailable("the daemon is shutting down and opens no new session")
+        return session
+
+    def get(self, session_id: str) -> Session:
+        """The live session with this id; counts as activity."""
+        with self._lock:
+            session = self._lookup(session_id)
+            self._touch(session)
+            return session
+
+    def touch(self, session: Session) -> None:
+        """Restart the idle clock (a request used the session)."""
+        with self._lock:
+            self._touch(session)
+
+    def close(self, session_id: str) -> Session:
+        """End the session now; ``on_end`` has run when this returns."""
+        with self._lock:
+            session = self._lookup(session_id)
+            self._detach(session, "closed")
+        self._on_end(session)
+        return session
+
+    @contextlib.contextmanager
+    def keepalive(self, session_id: str) -> Iterator[Session]:
+        """Hold the session open for the duration of the block.
+
+        Use it for KeepAlive streams and around every request, so a build that
+        runs longer than the TTL cannot see its session expire under it.
+        """
+        with self._lock:
+            session = self._lookup(session_id)
+            self._touch(session)
+            session.keepalives += 1
+        try:
+            yield session
+        finally:
+            with self._lock:
+                session.keepalives -= 1
+                self._touch(session)
+
+    def expire_idle(self) -> list[Session]:
+        """End sessions idle for longer than the TTL and not held; returns them."""
+        with self._lock:
+            now = self._clock()
+            idle = [
+                s
+                for s in self._sessions.values()
+                if s.keepalives == 0 and now - s.last_active > self._ttl
+            ]
+            for session in idle:
+                self._detach(session, "expired")
+        self._end_all_quietly(idle)
+        return idle
+
+    def end_all(self) -> list[Session]:
+        """End every session and refuse new ones (daemon shutdown)."""
+        with self._lock:
+            self._closed = True
+            sessions = list(self._sessions.values())
+            for session in sessions:
+                self._detach(session, "shutdown")
+        self._end_all_quietly(sessions)
+        return sessions
+
+    def all(self) -> list[Session]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def start_reaper(self, interval: float) -> None:
+        """Run ``expire_idle`` every ``interval`` seconds on a daemon thread."""
+        if self._reaper is not None:
+            raise RuntimeError("the session reaper is already running")
+        self._stop.clear()
+        self._reaper = threading.Thread(
+            target=self._reap, args=(interval,), name="buildd-session-reaper", daemon=True
+        )
+        self._reaper.start()
+
+    def stop_reaper(self) -> None:
+        """Stop the reaper and wait for it (an expiry in progress completes)."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is None:
+            return
+        self._stop.set()
+        reaper.join()
+
+    # ------------------------------------------------------------- internals --
+
+    def _reap(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.expire_idle()
+            except Exception:
+                # The reaper must outlive any one failure, or sessions never expire.
+                _log.exception("expiring idle sessions failed")
+
+    def _lookup(self, session_id: str) -> Session:
+        """Lock held."""
+        if not session_id:
+            raise errors.SessionNotFound("session id is empty")
+        if not _ID.fullmatch(session_id):
+            raise errors.SessionNotFound(
+                f"session id {_show(session_id)} is malformed: "
+                "expected 16 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+            )
+        session = self._sessions.get(session_id)
+        if session is not None:
+            return session
+        reason = self._ended.get(session_id)
+        if reason is not None:
+            how = {"closed": "was closed", "expired": "expired", "shutdown": "ended at shutdown"}
+            raise errors.SessionNotFound(f"session {_show(session_id)} has ended: {how[reason]}")
+        raise errors.SessionNotFound(f"session {_show(session_id)} is unknown to this daemon")
+
+    def _touch(self, session: Session) -> None:
+        """Lock held."""
+        if not session.ended:
+            session.last_active = self._clock()
+            session.last_active_at = time.time()
+
+    def _detach(self, session: Session, reason: EndReason) -> None:
+        """Mark ended and forget; the caller runs ``on_end`` after unlocking."""
+        session.ended = True
+        session.end_reason = reason
+        del self._sessions[session.id]
+        self._ended[session.id] = reason
+        while len(self._ended) > _ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
+    def _end_all_quietly(self, sessions: list[Session]) -> None:
+        # One failing on_end must not keep the other sessions alive forever.
+        for session in sessions:
+            try:
+                self._on_end(session)
+            except Exception:
+                _log.exception("ending session %s failed", session.id)
