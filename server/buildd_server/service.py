@@ -223,13 +223,13 @@ class BuildService:
         return sorted(src for src, state in states if state.environment is env and "\0" not in src)
 
     def destroy_environment(self, env: Environment) -> None:
-        """The pool's destroy callback: delete the instance and any folder it leaves empty."""
+        """The pool's destroy callback.
+
+        The session folder is not touched here: an ended session's folder is
+        removed by whoever finishes last, the end itself or its last request
+        (whose lease is released, and so destroyed, before it finishes).
+        """
         self._factory.destroy(env)
-        for folder in (env.path.parent, env.path.parent.parent):
-            try:
-                folder.rmdir()
-            except OSError:
-                break
 
     # ------------------------------------------------------------ internals --
 
@@ -323,6 +323,8 @@ class BuildService:
         for folder in (session.directory / "envs", session.directory):
             try:
                 folder.rmdir()
+            except FileNotFoundError:
+                continue
             except OSError:
                 break
 
@@ -374,7 +376,8 @@ class BuildService:
             or not (prepared.directory / prepared.dist_info).is_dir()
         ):
             return None
-        return prepared.directory
+        # PEP 517 passes the .dist-info folder itself, not its parent.
+        return prepared.directory / prepared.dist_info
 
     def _build_one(
         self, ctx: _Context, env: Environment, hooks: Hooks, dist: Dist, outdir: Path

@@ -1,0 +1,236 @@
+"""design.md's eight rules, each shown with evidence from a probe backend.
+
+The probe records, for every hook call, its pid, ``sys.prefix``, start and end
+times and what it saw of its environment; the assertions are about those
+records, never about wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from buildd_client import Client, RequestFailed
+from support.daemon import DaemonProcess
+from support.projects import probe_project, read_probe_log, setuptools_project
+
+from buildd.v1 import buildd_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+
+def _overlaps(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pairs of hook calls that ran in the same environment at the same time."""
+    found = []
+    by_prefix: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_prefix.setdefault(record["prefix"], []).append(record)
+    for calls in by_prefix.values():
+        calls.sort(key=lambda r: r["start"])
+        for before, after in zip(calls, calls[1:]):
+            if after["start"] < before["end"]:
+                found.append((before, after))
+    return found
+
+
+def test_rule1_lease_is_exclusive(client: Client, tmp_path: Path) -> None:
+    log = tmp_path / "probe.log"
+    # Eight sources, one key, a pool capped at 2 (the shared daemon's
+    # --max-envs-per-key): six requests must wait, none may share an instance.
+    sources = [probe_project(tmp_path / f"p{i}", log, hold=0.2) for i in range(8)]
+    session = client.open_session("rule1")
+    failures: list[BaseException] = []
+
+    def run(source: Path) -> None:
+        try:
+            session.metadata(str(source)).result()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    records = read_probe_log(log)
+    assert len(records) == 16  # get_requires + prepare_metadata per source
+    assert _overlaps(records) == []
+    prefixes = {r["prefix"] for r in records}
+    assert 1 <= len(prefixes) <= 2
+    status = client.status(session.id)
+    assert len(status.sessions[0].environments) == len(prefixes)
+    session.close()
+
+
+def test_rule2_source_keeps_its_instance(client: Client, tmp_path: Path) -> None:
+    log = tmp_path / "probe.log"
+    first = probe_project(tmp_path / "first", log)
+    other = probe_project(tmp_path / "other", log)
+    session = client.open_session("rule2")
+    session.metadata(str(first)).result()
+    # Another source takes the (only idle) instance meanwhile...
+    session.metadata(str(other)).result()
+    # ...and concurrent requests for the first source all go to its instance.
+    threads = [
+        threading.Thread(target=lambda: session.build(str(first), distributions=("wheel",),
+                                                       output_directory=str(tmp_path / "out")).result())
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = [r for r in read_probe_log(log) if r["root"] == str(first)]
+    assert len({r["prefix"] for r in records}) == 1
+    assert len(records) == 2 + 3 * 2
+    assert _overlaps(records) == []
+    session.close()
+
+
+def test_rule3_dynamic_requirements_go_into_the_same_instance(
+    client: Client, tmp_path: Path
+) -> None:
+    log = tmp_path / "probe.log"
+    source = probe_project(tmp_path / "dyn", log, requires=["Flit-Core >= 3.4 ; python_version >= '3'"])
+    session = client.open_session("rule3")
+    requires = session.get_requires(str(source)).result()
+    assert list(requires.dynamic_requirements) == ["Flit-Core >= 3.4 ; python_version >= '3'"]
+    session.build(str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")).result()
+    records = read_probe_log(log)
+    assert len({r["prefix"] for r in records}) == 1
+    prefix = Path(records[0]["prefix"])
+    assert list(prefix.glob("lib/python*/site-packages/flit_core"))
+    envs = client.status(session.id).sessions[0].environments
+    assert len(envs) == 1
+    assert envs[0].path == str(prefix)
+    assert "flit-core>=3.4" in envs[0].requirements
+    assert envs[0].key_id == requires.key_id
+    session.close()
+
+
+def test_rule4_each_hook_is_a_fresh_clean_subprocess(
+    client: Client, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    log = tmp_path / "probe.log"
+    source = probe_project(tmp_path / "fresh", log)
+    session = client.open_session("rule4")
+    session.metadata(str(source)).result()
+    session.build(str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")).result()
+    records = read_probe_log(log)
+    assert len(records) == 4
+    assert len({r["pid"] for r in records}) == 4
+    assert daemon.pid not in {r["pid"] for r in records}
+    for record in records:
+        assert record["cwd"] == str(source)
+        assert record["inherited_marker"] is None
+        # The test harness starts the daemon with PYTHONPATH set: it must not leak.
+        assert record["pythonpath"] is None
+        assert record["virtual_env"] == record["prefix"]
+        assert record["path0"] == os.path.join(record["prefix"], "bin")
+        assert record["no_user_site"] is True
+        assert record["stdin_eof"] is True
+    session.close()
+
+
+def test_rule5_failed_hook_discards_the_instance(client: Client, tmp_path: Path) -> None:
+    log = tmp_path / "probe.log"
+    source = probe_project(tmp_path / "crash", log, fail="prepare_metadata_for_build_wheel")
+    session = client.open_session("rule5")
+    with pytest.raises(RequestFailed) as failure:
+        session.metadata(str(source)).result()
+    assert failure.value.kind == pb.FAILURE_KIND_BACKEND_FAILED
+    assert any("probe asked to fail" in line for line in failure.value.last_lines)
+    first_prefix = read_probe_log(log)[0]["prefix"]
+    assert not Path(first_prefix).exists()
+    assert client.status(session.id).sessions[0].environments == []
+    # The next request works, in a new instance.
+    (source / "probe.json").write_text((source / "probe.json").read_text().replace(
+        '"fail": "prepare_metadata_for_build_wheel"', '"fail": null'))
+    session.metadata(str(source)).result()
+    assert read_probe_log(log)[-1]["prefix"] != first_prefix
+    session.close()
+
+
+def test_rule5_tampered_environment_is_rebuilt(client: Client, tmp_path: Path) -> None:
+    source = setuptools_project(tmp_path / "tamper")
+    session = client.open_session("rule5b")
+    session.metadata(str(source)).result()
+    env = client.status(session.id).sessions[0].environments[0]
+    init = next(Path(env.path).glob("lib/python*/site-packages/setuptools/__init__.py"))
+    init.write_text("raise ImportError('tampered')\n")
+    result = session.metadata(str(source)).result()
+    assert b"Name: demo-setuptools" in result.metadata
+    envs = client.status(session.id).sessions[0].environments
+    assert [e.path for e in envs] != [env.path]
+    assert not Path(env.path).exists()
+    session.close()
+
+
+def test_rule6_build_wheel_gets_the_prepared_metadata(client: Client, tmp_path: Path) -> None:
+    log = tmp_path / "probe.log"
+    source = probe_project(tmp_path / "meta", log, check_prefix=True)
+    session = client.open_session("rule6")
+    prepared = session.metadata(str(source)).result()
+    session.build(str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")).result()
+    wheel_call = next(r for r in read_probe_log(log) if r["hook"] == "build_wheel")
+    assert wheel_call["metadata_directory"] == prepared.dist_info_path
+    session.close()
+
+
+def test_rule7_environments_belong_to_their_session(
+    client: Client, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    log = tmp_path / "probe.log"
+    source = probe_project(tmp_path / "own", log)
+    one = client.open_session("rule7-one")
+    two = client.open_session("rule7-two")
+    one.metadata(str(source)).result()
+    two.metadata(str(source)).result()
+    prefixes = [r["prefix"] for r in read_probe_log(log)]
+    assert prefixes[0] == prefixes[1] and prefixes[2] == prefixes[3]
+    assert prefixes[0] != prefixes[2]
+    assert Path(prefixes[0]).exists()
+    one.close()
+    assert not Path(prefixes[0]).exists()
+    assert Path(prefixes[2]).exists()
+    with pytest.raises(RequestFailed) as gone:
+        one.metadata(str(source)).result()
+    assert gone.value.status == grpc.StatusCode.NOT_FOUND
+    two.close()
+    assert not Path(prefixes[2]).exists()
+    for session in (one, two):
+        assert not (daemon.state_dir / "sessions" / session.id).exists()
+
+
+def test_rule8_bad_input_is_a_clear_error_and_hurts_nobody(
+    client: Client, tmp_path: Path
+) -> None:
+    good = setuptools_project(tmp_path / "good")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pyproject.toml").write_text("[build-system\nrequires = 1\n")
+    bystander = client.open_session("rule8-bystander")
+    bystander.metadata(str(good)).result()
+    before = client.status(bystander.id).sessions[0].environments[0]
+
+    session = client.open_session("rule8")
+    with pytest.raises(RequestFailed) as malformed:
+        session.metadata(str(bad)).result()
+    assert malformed.value.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(bad / "pyproject.toml") in malformed.value.message
+    with pytest.raises(RequestFailed) as missing:
+        session.metadata(str(tmp_path / "nowhere")).result()
+    assert missing.value.status == grpc.StatusCode.NOT_FOUND
+    assert str(tmp_path / "nowhere") in missing.value.message
+
+    bystander.metadata(str(good)).result()
+    after = client.status(bystander.id).sessions[0].environments[0]
+    assert after.path == before.path
+    assert after.hook_calls == before.hook_calls + 2
+    session.close()
+    bystander.close()
