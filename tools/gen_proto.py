@@ -49,7 +49,9 @@ def generate(out: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="output root (default: proto/)")
+    parser.add_argument(
+        "--out", type=Path, default=PROTO_ROOT, help="output root (default: proto/)"
+    )
     args = parser.parse_args()
     for path in generate(args.out):
         print(path.relative_to(args.out))

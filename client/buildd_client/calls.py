@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import grpc
-from buildd.v1 import buildd_pb2 as pb
 
+from buildd.v1 import buildd_pb2 as pb
 from buildd_client.errors import RequestFailed
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+
 from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
-
 from buildd_client import _files, autostart
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 from buildd_client.calls import Call

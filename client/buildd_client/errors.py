@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
+
 from buildd.v1 import buildd_pb2 as pb
 
 if TYPE_CHECKING:

@@ -6,15 +6,16 @@ import threading
 from typing import TYPE_CHECKING
 
 import grpc
-from buildd.v1 import buildd_pb2 as pb
 
+from buildd.v1 import buildd_pb2 as pb
 from buildd_client.errors import RequestFailed
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from buildd.v1 import buildd_pb2_grpc
     from typing_extensions import Self
+
+    from buildd.v1 import buildd_pb2_grpc
 
 __all__ = ["KeepAlive"]
 

@@ -6,9 +6,12 @@ import errno
 import hashlib
 import os
 import shutil
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import errors
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _CHUNK = 1 << 20
 
@@ -54,5 +57,7 @@ def _as_error(exc: OSError, outdir: Path) -> errors.BuilddError:
     if exc.errno == errno.ENOSPC:
         return errors.ResourceExhausted(f"no space left while writing into {outdir}")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return errors.InvalidRequest(f"output_directory: cannot write into {outdir}: {exc.strerror}")
+        return errors.InvalidRequest(
+            f"output_directory: cannot write into {outdir}: {exc.strerror}"
+        )
     return errors.InvalidRequest(f"output_directory: {outdir}: {exc}")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildd import __version__
 
 from .config import Config, InstallerOptions
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def _env(name: str, default: str = "") -> str:

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
 import filelock
 import grpc
@@ -25,18 +25,22 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
+from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 
-from .config import Config
 from .environments import Environment, EnvironmentFactory
 from .errors import DaemonStartupError
 from .installers import select_installer
-from .keys import EnvKey
 from .pool import Pool
 from .service import BuildService
 from .servicer import Servicer
 from .sessions import Session, SessionRegistry
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from .config import Config
+    from .keys import EnvKey
 
 log = structlog.get_logger("buildd.daemon")
 
@@ -86,7 +90,11 @@ class Daemon:
         self.service = BuildService(self.config, self.registry, self.pool, factory, installer.name)
         holder.append(self.service)
         self.servicer = Servicer(
-            self.config, self.address.target, self.service, self.registry, self.pool,
+            self.config,
+            self.address.target,
+            self.service,
+            self.registry,
+            self.pool,
             installer.name,
         )
 
@@ -187,7 +195,9 @@ class Daemon:
         try:
             port = server.add_insecure_port(address.target)
         except RuntimeError as exc:
-            raise DaemonStartupError(f"--address: cannot listen on {address.target}: {exc}") from exc
+            raise DaemonStartupError(
+                f"--address: cannot listen on {address.target}: {exc}"
+            ) from exc
         if port == 0:
             raise DaemonStartupError(f"--address: cannot listen on {address.target}")
         if address.port == 0:

@@ -7,11 +7,14 @@ Raise them with ``raise X(...) from cause`` so the cause stays attached.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
 from buildd.v1 import buildd_pb2 as pb
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class BuilddError(Exception):

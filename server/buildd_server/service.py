@@ -22,21 +22,23 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import structlog
 
 from . import errors
 from .artifacts import publish
-from .config import Config
-from .environments import Environment, EnvironmentFactory
 from .events import Emit, Log, Phase
 from .hooks import Hooks
 from .interpreters import Interpreter, resolve_interpreter
 from .keys import EnvKey, make_key, normalize_requirements
 from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
-from .sessions import Session, SessionRegistry
 from .sources import Project, is_sdist, load_project, unpack_sdist
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .environments import Environment, EnvironmentFactory
+    from .sessions import Session, SessionRegistry
 
 log = structlog.get_logger("buildd.service")
 
@@ -144,7 +146,11 @@ class BuildService:
         return self._run(request, emit, cancel, work)
 
     def prepare_metadata(
-        self, request: Request, dist: Literal["wheel", "editable"], emit: Emit, cancel: threading.Event
+        self,
+        request: Request,
+        dist: Literal["wheel", "editable"],
+        emit: Emit,
+        cancel: threading.Event,
     ) -> MetadataOutcome:
         def work(ctx: _Context) -> MetadataOutcome:
             with ctx.leased() as (lease, hooks):
@@ -208,7 +214,9 @@ class BuildService:
             self._end_counts[session.id] = (deleted, pending)
             while len(self._end_counts) > 64:
                 del self._end_counts[next(iter(self._end_counts))]
-        log.info("session_ended", session=session.id[:8], envs_deleted=deleted, envs_pending=pending)
+        log.info(
+            "session_ended", session=session.id[:8], envs_deleted=deleted, envs_pending=pending
+        )
         return deleted, pending
 
     def last_end_counts(self, session_id: str) -> tuple[int, int]:
@@ -242,7 +250,17 @@ class BuildService:
     ) -> T:
         if self.draining:
             raise errors.Unavailable("the daemon is shutting down and takes no new requests")
-        session = self._registry.get(request.session_id)
+        with self._registry.using(request.session_id) as session:
+            return self._run_in(session, request, emit, cancel, work)
+
+    def _run_in(
+        self,
+        session: Session,
+        request: Request,
+        emit: Emit,
+        cancel: threading.Event,
+        work: Callable[[_Context], T],
+    ) -> T:
         with self._lock:
             self._in_flight[session.id] = self._in_flight.get(session.id, 0) + 1
         if request.quiet:
@@ -259,7 +277,6 @@ class BuildService:
             with ctx.source_lock():
                 return work(ctx)
         finally:
-            self._registry.touch(session)
             with self._lock:
                 left = self._in_flight[session.id] - 1
                 if left:
@@ -334,7 +351,9 @@ class BuildService:
         env = lease.instance
         dynamic = hooks.get_requires(dist, ctx.request.config_settings)
         origin = f"{ctx.project.backend}: get_requires_for_build_{dist}"
-        wanted = normalize_requirements(dynamic, ctx.interpreter.marker_environment(), origin=origin)
+        wanted = normalize_requirements(
+            dynamic, ctx.interpreter.marker_environment(), origin=origin
+        )
         missing = [req for req in wanted if req not in env.key.requirements]
         if missing:
             self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
@@ -361,9 +380,7 @@ class BuildService:
             shutil.rmtree(old.directory, ignore_errors=True)
         return prepared
 
-    def _metadata_directory(
-        self, ctx: _Context, env: Environment, dist: Dist
-    ) -> Path | None:
+    def _metadata_directory(self, ctx: _Context, env: Environment, dist: Dist) -> Path | None:
         """The prepared metadata to pass to build_* (rule 6), when it is still valid."""
         if dist == "sdist":
             return None
@@ -417,7 +434,14 @@ class BuildService:
             )
             state = self._source_state(ctx.session.id, source_id)
             sub = _Context(
-                self, ctx.request, ctx.session, state, project, ctx.interpreter, key, ctx.emit,
+                self,
+                ctx.request,
+                ctx.session,
+                state,
+                project,
+                ctx.interpreter,
+                key,
+                ctx.emit,
                 ctx.cancel,
             )
             with sub.leased() as (lease, hooks):
@@ -457,7 +481,10 @@ class BuildService:
             if env is not None:
                 try:
                     return self._pool.acquire_instance(
-                        owner, env, deadline=ctx.request.deadline, cancel=ctx.cancel,
+                        owner,
+                        env,
+                        deadline=ctx.request.deadline,
+                        cancel=ctx.cancel,
                         on_wait=on_wait,
                     )
                 except InstanceGone:
@@ -472,7 +499,11 @@ class BuildService:
                 )
 
             return self._pool.acquire(
-                owner, ctx.key, create, deadline=ctx.request.deadline, cancel=ctx.cancel,
+                owner,
+                ctx.key,
+                create,
+                deadline=ctx.request.deadline,
+                cancel=ctx.cancel,
                 on_wait=on_wait,
             )
         except PoolTimeout as exc:
@@ -480,7 +511,9 @@ class BuildService:
                 f"no environment for key {ctx.key.id} became free before the request's deadline"
             ) from exc
         except PoolCancelled as exc:
-            raise errors.Cancelled("the request was cancelled while waiting for an environment") from exc
+            raise errors.Cancelled(
+                "the request was cancelled while waiting for an environment"
+            ) from exc
         except OwnerGone as exc:
             raise errors.SessionNotFound(f"session {owner[:8]}… ended while waiting") from exc
 
@@ -528,11 +561,12 @@ class _Context:
         """Lease an environment for a sequence of hook calls; discard it on doubt (rule 5)."""
         lease = self.service.lease(self)
         env = lease.instance
-        self.emit(
-            Phase("environment_leased", key_id=env.key.id, environment_path=str(env.path))
-        )
+        self.emit(Phase("environment_leased", key_id=env.key.id, environment_path=str(env.path)))
         hooks = Hooks(
-            env, self.project, timeout=self.service._config.hook_timeout, cancel=self.cancel,
+            env,
+            self.project,
+            timeout=self.service._config.hook_timeout,
+            cancel=self.cancel,
             emit=self.emit,
         )
         discard = True

@@ -13,8 +13,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
@@ -28,6 +27,8 @@ from .events import Event, Log, Phase
 from .service import ArtifactOutcome, BuildService, Dist, MetadataOutcome, Request, RequiresOutcome
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from .config import Config
     from .environments import Environment
     from .keys import EnvKey
@@ -348,7 +349,10 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 return
             error = item.error
             log.info(
-                "request_failed", call=name, error=type(error).__name__, message=error.message,
+                "request_failed",
+                call=name,
+                error=type(error).__name__,
+                message=error.message,
                 session=request.session_id[:8],
             )
             yield pb.Event(failure=_failure(error))

@@ -58,6 +58,8 @@ class Session:
     # Wall time of the last activity, for status.
     last_active_at: float
     keepalives: int = 0
+    # Requests running in the session: an in-flight request holds it open too.
+    in_flight: int = 0
     ended: bool = False
     end_reason: EndReason | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -150,6 +152,23 @@ class SessionRegistry:
                 session.keepalives -= 1
                 self._touch(session)
 
+    @contextlib.contextmanager
+    def using(self, session_id: str) -> Iterator[Session]:
+        """Hold the session for one request: a build longer than the TTL keeps it.
+
+        Unlike ``keepalive`` this is not shown as a KeepAlive stream in status.
+        """
+        with self._lock:
+            session = self._lookup(session_id)
+            self._touch(session)
+            session.in_flight += 1
+        try:
+            yield session
+        finally:
+            with self._lock:
+                session.in_flight -= 1
+                self._touch(session)
+
     def expire_idle(self) -> list[Session]:
         """End sessions idle for longer than the TTL and not held; returns them."""
         with self._lock:
@@ -157,7 +176,7 @@ class SessionRegistry:
             idle = [
                 s
                 for s in self._sessions.values()
-                if s.keepalives == 0 and now - s.last_active > self._ttl
+                if s.keepalives == 0 and s.in_flight == 0 and now - s.last_active > self._ttl
             ]
             for session in idle:
                 self._detach(session, "expired")

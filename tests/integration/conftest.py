@@ -9,11 +9,15 @@ misconfigure it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
 from buildd_client import Client
 from support.daemon import DaemonProcess
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 

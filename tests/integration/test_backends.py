@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 import tarfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from buildd_client import Client
+
 from support.projects import (
     flit_project,
     hatchling_project,
@@ -18,6 +18,11 @@ from support.projects import (
     read_probe_log,
     setuptools_project,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from buildd_client import Client
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +48,9 @@ def test_metadata_then_wheel_agree(client: Client, tmp_path: Path, kind: str) ->
     prepared = session.metadata(str(source)).result()
     assert f"Version: {version}".encode() in prepared.metadata
     out = tmp_path / "out"
-    result = session.build(str(source), distributions=("wheel",), output_directory=str(out)).result()
+    result = session.build(
+        str(source), distributions=("wheel",), output_directory=str(out)
+    ).result()
     [artifact] = result.artifacts
     wheel = Path(artifact.path)
     assert wheel.parent == out
@@ -88,12 +95,16 @@ def test_editable_wheel(client: Client, tmp_path: Path) -> None:
 def test_sdist_file_as_source(client: Client, tmp_path: Path) -> None:
     source = flit_project(tmp_path / "flit")
     session = client.open_session("backends-sdist-source")
-    [sdist] = session.build(
-        str(source), distributions=("sdist",), output_directory=str(tmp_path / "s")
-    ).result().artifacts
-    [wheel] = session.build(
-        sdist.path, distributions=("wheel",), output_directory=str(tmp_path / "w")
-    ).result().artifacts
+    [sdist] = (
+        session.build(str(source), distributions=("sdist",), output_directory=str(tmp_path / "s"))
+        .result()
+        .artifacts
+    )
+    [wheel] = (
+        session.build(sdist.path, distributions=("wheel",), output_directory=str(tmp_path / "w"))
+        .result()
+        .artifacts
+    )
     assert Path(wheel.path).name.startswith("demo_flit-4.0-")
     session.close()
 

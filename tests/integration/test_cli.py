@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.daemon import DaemonProcess, short_tempdir
 from support.projects import flit_project, setuptools_project
 

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import os
 import signal
 import stat
 import subprocess
-from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from buildd_client import Client, RequestFailed
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from buildd_client import Client, RequestFailed
 from support.daemon import DaemonProcess, short_tempdir
 from support.projects import probe_project, read_probe_log, setuptools_project
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 

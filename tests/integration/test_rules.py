@@ -7,18 +7,21 @@ records, never about wall time.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from buildd_client import Client, RequestFailed
-from support.daemon import DaemonProcess
-from support.projects import probe_project, read_probe_log, setuptools_project
 
 from buildd.v1 import buildd_pb2 as pb
+from buildd_client import Client, RequestFailed
+from support.projects import probe_project, read_probe_log, setuptools_project
+
+if TYPE_CHECKING:
+    from support.daemon import DaemonProcess
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +34,7 @@ def _overlaps(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[
         by_prefix.setdefault(record["prefix"], []).append(record)
     for calls in by_prefix.values():
         calls.sort(key=lambda r: r["start"])
-        for before, after in zip(calls, calls[1:]):
+        for before, after in itertools.pairwise(calls):
             if after["start"] < before["end"]:
                 found.append((before, after))
     return found
@@ -77,8 +80,11 @@ def test_rule2_source_keeps_its_instance(client: Client, tmp_path: Path) -> None
     session.metadata(str(other)).result()
     # ...and concurrent requests for the first source all go to its instance.
     threads = [
-        threading.Thread(target=lambda: session.build(str(first), distributions=("wheel",),
-                                                       output_directory=str(tmp_path / "out")).result())
+        threading.Thread(
+            target=lambda: session.build(
+                str(first), distributions=("wheel",), output_directory=str(tmp_path / "out")
+            ).result()
+        )
         for _ in range(3)
     ]
     for thread in threads:
@@ -96,11 +102,15 @@ def test_rule3_dynamic_requirements_go_into_the_same_instance(
     client: Client, tmp_path: Path
 ) -> None:
     log = tmp_path / "probe.log"
-    source = probe_project(tmp_path / "dyn", log, requires=["Flit-Core >= 3.4 ; python_version >= '3'"])
+    source = probe_project(
+        tmp_path / "dyn", log, requires=["Flit-Core >= 3.4 ; python_version >= '3'"]
+    )
     session = client.open_session("rule3")
     requires = session.get_requires(str(source)).result()
     assert list(requires.dynamic_requirements) == ["Flit-Core >= 3.4 ; python_version >= '3'"]
-    session.build(str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")).result()
+    session.build(
+        str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")
+    ).result()
     records = read_probe_log(log)
     assert len({r["prefix"] for r in records}) == 1
     prefix = Path(records[0]["prefix"])
@@ -120,7 +130,9 @@ def test_rule4_each_hook_is_a_fresh_clean_subprocess(
     source = probe_project(tmp_path / "fresh", log)
     session = client.open_session("rule4")
     session.metadata(str(source)).result()
-    session.build(str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")).result()
+    session.build(
+        str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")
+    ).result()
     records = read_probe_log(log)
     assert len(records) == 4
     assert len({r["pid"] for r in records}) == 4
@@ -149,8 +161,11 @@ def test_rule5_failed_hook_discards_the_instance(client: Client, tmp_path: Path)
     assert not Path(first_prefix).exists()
     assert client.status(session.id).sessions[0].environments == []
     # The next request works, in a new instance.
-    (source / "probe.json").write_text((source / "probe.json").read_text().replace(
-        '"fail": "prepare_metadata_for_build_wheel"', '"fail": null'))
+    (source / "probe.json").write_text(
+        (source / "probe.json")
+        .read_text()
+        .replace('"fail": "prepare_metadata_for_build_wheel"', '"fail": null')
+    )
     session.metadata(str(source)).result()
     assert read_probe_log(log)[-1]["prefix"] != first_prefix
     session.close()
@@ -176,7 +191,9 @@ def test_rule6_build_wheel_gets_the_prepared_metadata(client: Client, tmp_path: 
     source = probe_project(tmp_path / "meta", log, check_prefix=True)
     session = client.open_session("rule6")
     prepared = session.metadata(str(source)).result()
-    session.build(str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")).result()
+    session.build(
+        str(source), distributions=("wheel",), output_directory=str(tmp_path / "o")
+    ).result()
     wheel_call = next(r for r in read_probe_log(log) if r["hook"] == "build_wheel")
     assert wheel_call["metadata_directory"] == prepared.dist_info_path
     session.close()
@@ -207,9 +224,7 @@ def test_rule7_environments_belong_to_their_session(
         assert not (daemon.state_dir / "sessions" / session.id).exists()
 
 
-def test_rule8_bad_input_is_a_clear_error_and_hurts_nobody(
-    client: Client, tmp_path: Path
-) -> None:
+def test_rule8_bad_input_is_a_clear_error_and_hurts_nobody(client: Client, tmp_path: Path) -> None:
     good = setuptools_project(tmp_path / "good")
     bad = tmp_path / "bad"
     bad.mkdir()

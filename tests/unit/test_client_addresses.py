@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
+
 from buildd_client.addresses import (
     Address,
     default_address,

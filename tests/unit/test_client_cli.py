@@ -10,9 +10,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from buildd import __version__
-from buildd.v1 import buildd_pb2 as pb
-from buildd_client.cli import main, parse_config_settings
 
 # The fake daemon and the environment isolation live with the library tests.
 from test_client_library import (  # type: ignore[import-not-found,unused-ignore]
@@ -22,6 +19,10 @@ from test_client_library import (  # type: ignore[import-not-found,unused-ignore
     isolated_env,  # noqa: F401 (an autouse fixture, active here too)
     serve_fake,
 )
+
+from buildd import __version__
+from buildd.v1 import buildd_pb2 as pb
+from buildd_client.cli import main, parse_config_settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from buildd.v1 import buildd_pb2 as pb
 from buildd_client.errors import DaemonUnavailable, RequestFailed, status_from_number
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+
 from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
 from buildd_client import Client, DaemonUnavailable, RequestFailed, autostart

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import packaging
 import pytest
+from packaging.markers import default_environment
+
 from buildd_server import interpreters
 from buildd_server.errors import InterpreterNotFound, InvalidRequest
 from buildd_server.interpreters import resolve_interpreter
-from packaging.markers import default_environment
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

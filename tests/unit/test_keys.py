@@ -8,11 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from packaging.markers import default_environment
+
 from buildd_server.config import InstallerOptions
 from buildd_server.errors import InvalidProject
 from buildd_server.interpreters import Interpreter
 from buildd_server.keys import EnvKey, make_key, normalize_requirements
-from packaging.markers import default_environment
 
 ORIGIN = "/p/pyproject.toml: build-system.requires"
 

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import pytest
+
 from buildd_server.pool import (
     InstanceGone,
     Lease,

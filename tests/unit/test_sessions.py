@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
+
 from buildd_server import errors
 from buildd_server.sessions import Session, SessionRegistry
 

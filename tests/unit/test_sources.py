@@ -9,6 +9,7 @@ import tarfile
 from typing import TYPE_CHECKING
 
 import pytest
+
 from buildd_server import sources
 from buildd_server.errors import (
     BuilddError,

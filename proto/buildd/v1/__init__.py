@@ -1,1 +1,4 @@
-"""Generated protobuf and gRPC code for ``buildd.v1``; regenerate with ``python tools/gen_proto.py``."""
+"""Generated protobuf and gRPC code for ``buildd.v1``.
+
+Regenerate with ``python tools/gen_proto.py``.
+"""
