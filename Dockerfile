@@ -24,7 +24,7 @@ USER 10001:10001
 VOLUME ["/var/lib/buildd"]
 EXPOSE 50051
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
-    CMD ["buildd-client", "--address", "127.0.0.1:50051", "status"]
+    CMD ["buildd-client", "-q", "--address", "127.0.0.1:50051", "health"]
 # Listens on all interfaces of the container; see docs/operations.md before
 # publishing the port beyond a trusted network.
 CMD ["buildd-server", "--address", "0.0.0.0:50051", "--insecure"]

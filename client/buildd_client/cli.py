@@ -185,6 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=_status)
+
+    health = commands.add_parser(
+        "health", help="exit 0 only when the daemon is serving", formatter_class=_Formatter
+    )
+    health.set_defaults(handler=_health)
+
+    shutdown = commands.add_parser(
+        "shutdown",
+        help="drain the daemon (running calls may finish), then stop it",
+        formatter_class=_Formatter,
+    )
+    shutdown.add_argument(
+        "--grace",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="time running calls get to finish (default: the daemon's --grace)",
+    )
+    shutdown.add_argument("--no-wait", action="store_true", help="return once the drain has begun")
+    shutdown.set_defaults(handler=_shutdown)
     return parser
 
 
@@ -356,6 +376,36 @@ def _status(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_output.status_text(status))
     return EXIT_OK
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _client(args, autostart=False) as client:
+        serving = client.health()
+    if not args.quiet:
+        sys.stderr.write(f"{PROG}: {'serving' if serving else 'not serving'}\n")
+    return EXIT_OK if serving else EXIT_FAILED
+
+
+def _shutdown(args: argparse.Namespace) -> int:
+    import time
+
+    from buildd_client.errors import DaemonUnavailable
+
+    if args.grace < 0:
+        raise _UsageError(f"--grace {args.grace} is negative")
+    with _client(args, autostart=False) as client:
+        answer = client.shutdown(args.grace)
+        if not args.quiet:
+            sys.stderr.write(f"{PROG}: draining, {answer.active_calls} call(s) running\n")
+        if args.no_wait:
+            return EXIT_OK
+        # The daemon answers NOT_SERVING while it drains, then goes away.
+        while True:
+            try:
+                client.health()
+            except DaemonUnavailable:
+                return EXIT_OK
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,29 @@ class Client:
         """The daemon, its sessions (or only ``session_id``) and their environments."""
         return self._unary(self._stub.GetStatus, pb.GetStatusRequest(session_id=session_id))
 
+    def health(self, service: str = "buildd.v1.Buildd") -> bool:
+        """True when the daemon answers the standard gRPC health check with SERVING.
+
+        Spoken with hand-encoded messages so the client needs no
+        grpcio-health-checking: the request and reply each hold one field.
+        """
+        check = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=_encode_health_request,
+            response_deserializer=_decode_health_status,
+        )
+        try:
+            status: int = check(service, timeout=_UNARY_TIMEOUT)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise DaemonUnavailable(f"no buildd daemon answers at {self.address}") from exc
+            return False
+        return status == _SERVING
+
+    def shutdown(self, grace: float = 0.0) -> pb.ShutdownResponse:
+        """Ask the daemon to drain and stop; returns once the drain has begun."""
+        return self._unary(self._stub.Shutdown, pb.ShutdownRequest(grace_seconds=grace))
+
     # -------------------------------------------------------------- plumbing --
 
     def _unary(self, method: Callable[..., _R], request: object) -> _R:
@@ -377,3 +400,28 @@ def _read_sessions(path: Path) -> dict[str, str]:
 
 def _write_sessions(path: Path, sessions: dict[str, str]) -> None:
     _files.write_atomic(path, json.dumps(sessions, indent=2, sort_keys=True) + "\n")
+
+
+_SERVING = 1
+
+
+def _encode_health_request(service: str) -> bytes:
+    data = service.encode()
+    if not data:
+        return b""
+    length = len(data)
+    varint = bytearray()
+    while True:
+        byte = length & 0x7F
+        length >>= 7
+        varint.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return b"\x0a" + bytes(varint) + data
+
+
+def _decode_health_status(data: bytes) -> int:
+    # HealthCheckResponse: field 1 (varint) is the status; absent means UNKNOWN.
+    if len(data) >= 2 and data[0] == 0x08:
+        return data[1] & 0x7F
+    return 0

@@ -129,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("debug", "info", "warning", "error"),
     )
     parser.add_argument(
+        "--metrics-address",
+        default=_env("METRICS_ADDRESS"),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    parser.add_argument(
         "--insecure", action="store_true", help="allow plain TCP on a non-loopback address"
     )
     return parser
@@ -172,6 +178,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         log_format=args.log_format,
         log_level=args.log_level,
         insecure=args.insecure,
+        metrics_address=args.metrics_address,
     )
 
 

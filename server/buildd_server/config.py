@@ -51,3 +51,5 @@ class Config:
     max_workers: int = 128
     # Allow plain TCP on a non-loopback address.
     insecure: bool = False
+    # HOST:PORT for Prometheus metrics over HTTP; empty: none.
+    metrics_address: str = ""

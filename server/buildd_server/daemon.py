@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .keys import EnvKey
+from .metrics import Metrics
 
 log = structlog.get_logger("buildd.daemon")
 
@@ -59,6 +60,8 @@ class Daemon:
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
         self._health = health.HealthServicer()
+        self._grace: float | None = None
+        self.metrics_port = 0
 
     # -------------------------------------------------------------- start --
 
@@ -87,7 +90,10 @@ class Daemon:
             validate=factory.validate,
         )
         self.registry = SessionRegistry(sessions_root, self.config.session_ttl, on_end)
-        self.service = BuildService(self.config, self.registry, self.pool, factory, installer.name)
+        self.metrics = Metrics()
+        self.service = BuildService(
+            self.config, self.registry, self.pool, factory, installer.name, self.metrics
+        )
         holder.append(self.service)
         self.servicer = Servicer(
             self.config,
@@ -108,6 +114,12 @@ class Daemon:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        self.servicer.on_shutdown = self.request_stop
+        self.metrics.watch(
+            sessions=lambda: len(self.registry),
+            environments=self._environment_counts,
+            active_calls=lambda: self.servicer.active_calls,
+        )
         buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -119,6 +131,8 @@ class Daemon:
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
+        if self.config.metrics_address:
+            self._serve_metrics(self.config.metrics_address)
         log.info(
             "daemon_started",
             address=self.address.target,
@@ -126,6 +140,23 @@ class Daemon:
             state_dir=str(self.config.state_dir),
             installer=installer.name,
         )
+
+    def _serve_metrics(self, text: str) -> None:
+        where = parse_address(text)
+        if where.kind != "tcp":
+            raise DaemonStartupError(f"--metrics-address: {text!r} must be HOST:PORT")
+        try:
+            port = self.metrics.serve(where.host, where.port)
+        except OSError as exc:
+            raise DaemonStartupError(f"--metrics-address: cannot listen on {text}: {exc}") from exc
+        self.metrics_port = port
+        log.info("metrics_serving", address=f"http://{where.host}:{port}/metrics")
+
+    def _environment_counts(self) -> dict[str, int]:
+        counts = {"idle": 0, "leased": 0, "creating": len(self.pool.creating())}
+        for entry in self.pool.snapshot():
+            counts[entry.state] += 1
+        return counts
 
     def _take_state_dir(self) -> None:
         state = self.config.state_dir
@@ -224,21 +255,34 @@ class Daemon:
         log.info("signal_received", signal=signal.Signals(signum).name)
         self._stop_requested.set()
 
-    def request_stop(self) -> None:
+    def request_stop(self, grace: float | None = None) -> None:
+        """Begin a drain from any thread (signal, Shutdown RPC, idle timeout)."""
+        if grace is not None:
+            self._grace = grace
         self._stop_requested.set()
 
     def stop(self) -> None:
         """Drain: refuse new calls, let running ones finish within the grace, clean up."""
         if self._stopped.is_set():
             return
+        grace = self._grace if self._grace is not None else self.config.grace
+        # New long calls and sessions get UNAVAILABLE from here on, while the
+        # server still answers health checks with NOT_SERVING.
         self.service.draining = True
-        self._health.enter_graceful_shutdown()
-        log.info("draining", grace=self.config.grace, active_calls=self.servicer.active_calls)
+        self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("draining", grace=grace, active_calls=self.servicer.active_calls)
+        finished = self.servicer.wait_idle(grace)
+        if not finished:
+            log.info("grace_expired", cancelling=self.servicer.active_calls)
         if self._server is not None:
-            # Rejects new RPCs now; cancels the ones still running after the
-            # grace, which sets their cancel events and kills their hooks.
-            self._server.stop(self.config.grace).wait()
-        self._wait_for_workers(timeout=10.0)
+            # Cancels whatever still runs: their cancel events fire and their
+            # hooks' process groups are killed.
+            self._server.stop(0).wait()
+        # Worker threads end shortly after their cancel event; wait so that no
+        # environment is deleted under a hook that is still being killed.
+        self.servicer.wait_idle(10.0)
+        self.metrics.stop()
         self.registry.stop_reaper()
         self.registry.end_all()
         if self.address.kind == "unix" and self.address.path:
@@ -251,14 +295,6 @@ class Daemon:
             self._lock.release()
         self._stopped.set()
         log.info("daemon_stopped")
-
-    def _wait_for_workers(self, timeout: float) -> None:
-        # Worker threads finish shortly after their cancel event fires (the
-        # hook's process group is killed); wait for them so no environment is
-        # deleted under a still-running hook.
-        deadline = time.monotonic() + timeout
-        while self.servicer.active_calls and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -32,6 +32,7 @@ from .events import Emit, Log, Phase
 from .hooks import Hooks
 from .interpreters import Interpreter, resolve_interpreter
 from .keys import EnvKey, make_key, normalize_requirements
+from .metrics import Metrics
 from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
 from .sources import Project, is_sdist, load_project, unpack_sdist
 
@@ -116,8 +117,10 @@ class BuildService:
         pool: Pool[EnvKey, Environment],
         factory: EnvironmentFactory,
         installer_name: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self.metrics = metrics or Metrics()
         self._registry = registry
         self._pool = pool
         self._factory = factory
@@ -302,6 +305,7 @@ class BuildService:
             self._config.installer_options,
             origin=origin,
         )
+        structlog.contextvars.bind_contextvars(key=key.id)
         emit(Phase("key_resolved", detail=project.backend, key_id=key.id))
         return _Context(self, request, session, state, project, interpreter, key, emit, cancel)
 
@@ -463,12 +467,16 @@ class BuildService:
 
     def lease(self, ctx: _Context) -> Lease[Environment]:
         """Lease the source's own instance, or one of its key (creating it if needed)."""
+        started = time.monotonic()
+        lease = self._lease(ctx)
+        self.metrics.leases.inc()
+        self.metrics.lease_wait.observe(time.monotonic() - started)
+        return lease
+
+    def _lease(self, ctx: _Context) -> Lease[Environment]:
         owner = ctx.session.id
-        waited = False
 
         def on_wait() -> None:
-            nonlocal waited
-            waited = True
             ctx.emit(Phase("waiting_for_environment", key_id=ctx.key.id))
 
         env = ctx.state.environment
@@ -494,9 +502,18 @@ class BuildService:
             envs_dir = ctx.session.directory / "envs"
 
             def create() -> Environment:
-                return self._factory.create(
-                    ctx.key, ctx.interpreter, envs_dir, emit=ctx.emit, cancel=ctx.cancel
-                )
+                started = time.monotonic()
+                outcome = "failed"
+                try:
+                    env = self._factory.create(
+                        ctx.key, ctx.interpreter, envs_dir, emit=ctx.emit, cancel=ctx.cancel
+                    )
+                    outcome = "ok"
+                    return env
+                finally:
+                    self.metrics.creation.labels(outcome=outcome).observe(
+                        time.monotonic() - started
+                    )
 
             return self._pool.acquire(
                 owner,
@@ -540,8 +557,33 @@ class _Context:
         self.project = project
         self.interpreter = interpreter
         self.key = key
-        self.emit = emit
         self.cancel = cancel
+        self._emit = emit
+        self._hook_started = 0.0
+
+    def emit(self, event: Phase | Log) -> None:
+        """Pass an event on, counting finished hooks for the metrics on the way."""
+        if isinstance(event, Phase):
+            if event.name == "running_hook":
+                self._hook_started = time.monotonic()
+            elif event.name == "hook_finished":
+                self.service.metrics.hooks.labels(hook=event.hook, outcome="ok").observe(
+                    event.step_seconds
+                )
+        self._emit(event)
+
+    def hook_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, errors.BuilddError) and exc.hook:
+            outcome = (
+                "timeout"
+                if isinstance(exc, errors.Timeout)
+                else "cancelled"
+                if isinstance(exc, errors.Cancelled)
+                else "failed"
+            )
+            self.service.metrics.hooks.labels(hook=exc.hook, outcome=outcome).observe(
+                time.monotonic() - self._hook_started
+            )
 
     @contextmanager
     def source_lock(self) -> Iterator[None]:
@@ -573,10 +615,14 @@ class _Context:
         try:
             yield lease, hooks
             discard = False
-        except (errors.InvalidProject, errors.HookMissing, errors.BackendUnavailable):
+        except (errors.InvalidProject, errors.HookMissing, errors.BackendUnavailable) as exc:
             # The hook process ended through the PEP 517 protocol itself: the
             # instance was not touched, but prove it before keeping it.
+            self.hook_failed(exc)
             discard = not self.service._factory.validate(env)
+            raise
+        except BaseException as exc:
+            self.hook_failed(exc)
             raise
         finally:
             if discard:

@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -87,7 +88,14 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self._installer_name = installer_name
         self._started_at = time.time()
         self.active_calls = 0
-        self._calls_lock = threading.Lock()
+        self._calls = threading.Condition()
+        # Set by the daemon: begins a drain (the Shutdown RPC).
+        self.on_shutdown: Callable[[float], None] | None = None
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no long call runs; False when ``timeout`` passed first."""
+        with self._calls:
+            return self._calls.wait_for(lambda: self.active_calls == 0, timeout=timeout)
 
     # ------------------------------------------------------------ sessions --
 
@@ -229,6 +237,20 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
         return self._unary(context, run)
 
+    def Shutdown(
+        self, request: pb.ShutdownRequest, context: grpc.ServicerContext
+    ) -> pb.ShutdownResponse:
+        def run() -> pb.ShutdownResponse:
+            if request.grace_seconds < 0:
+                raise errors.InvalidRequest(f"grace_seconds: {request.grace_seconds} is negative")
+            active = self.active_calls
+            if self.on_shutdown is None:
+                raise errors.Unavailable("this daemon cannot be stopped over the wire")
+            self.on_shutdown(request.grace_seconds or self._config.grace)
+            return pb.ShutdownResponse(active_calls=active)
+
+        return self._unary(context, run)
+
     def _status(self, only: str) -> pb.StatusResponse:
         sessions = [self._registry.get(only)] if only else self._registry.all()
         entries = self._pool.snapshot()
@@ -288,10 +310,15 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             return run()
         except errors.BuilddError as exc:
             log.info("request_failed", error=type(exc).__name__, message=exc.message)
+            self._count_error(exc.status)
             context.abort(exc.status, exc.message)
         except Exception as exc:
             log.exception("internal_error")
+            self._count_error(grpc.StatusCode.INTERNAL)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+
+    def _count_error(self, status: grpc.StatusCode) -> None:
+        self._service.metrics.errors.labels(code=status.name).inc()
 
     def _stream(
         self,
@@ -320,11 +347,18 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         try:
             request = _decode(wire, None if remaining is None else started + remaining)
         except errors.BuilddError as exc:
+            self._count_error(exc.status)
             yield pb.Event(failure=_failure(exc))
             context.abort(exc.status, exc.message)
 
+        request_id = uuid.uuid4().hex[:12]
+
         def work() -> None:
-            with self._calls_lock:
+            # Every log event of this request, from any module, carries these.
+            structlog.contextvars.bind_contextvars(
+                request=request_id, call=name, session=request.session_id[:8]
+            )
+            with self._calls:
                 self.active_calls += 1
             try:
                 put(_End(value=run(request, emit, cancel)))
@@ -334,8 +368,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 log.exception("internal_error", call=name)
                 put(_End(error=errors.BuilddError(f"internal error in {name}: {exc!r}")))
             finally:
-                with self._calls_lock:
+                with self._calls:
                     self.active_calls -= 1
+                    self._calls.notify_all()
 
         threading.Thread(target=work, name=f"buildd-{name}", daemon=True).start()
         while True:
@@ -355,6 +390,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 message=error.message,
                 session=request.session_id[:8],
             )
+            self._count_error(error.status)
             yield pb.Event(failure=_failure(error))
             context.abort(error.status, error.message)
 

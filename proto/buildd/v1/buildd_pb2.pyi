@@ -950,6 +950,46 @@ class GetStatusRequest(_message.Message):
 Global___GetStatusRequest: _TypeAlias = GetStatusRequest  # noqa: Y015
 
 @_typing.final
+class ShutdownRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    grace_seconds: _builtins.float
+    """Seconds running calls may take to finish; 0 means the daemon's --grace."""
+    def __init__(
+        self,
+        *,
+        grace_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_seconds", b"grace_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShutdownRequest: _TypeAlias = ShutdownRequest  # noqa: Y015
+
+@_typing.final
+class ShutdownResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_CALLS_FIELD_NUMBER: _builtins.int
+    active_calls: _builtins.int
+    """Calls running when the drain began."""
+    def __init__(
+        self,
+        *,
+        active_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_calls", b"active_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShutdownResponse: _TypeAlias = ShutdownResponse  # noqa: Y015
+
+@_typing.final
 class DaemonInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -75,6 +75,11 @@ class BuilddStub:
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=buildd_dot_v1_dot_buildd__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Shutdown = channel.unary_unary(
+                '/buildd.v1.Buildd/Shutdown',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.ShutdownRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.ShutdownResponse.FromString,
+                _registered_method=True)
 
 
 class BuilddServicer:
@@ -149,6 +154,16 @@ class BuilddServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Shutdown(self, request, context):
+        """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
+        health turns NOT_SERVING, running calls get `grace_seconds` to finish and
+        are then cancelled, environments are deleted, and the process exits 0.
+        Returns as soon as the drain has begun.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BuilddServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +206,11 @@ def add_BuilddServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.FromString,
                     response_serializer=buildd_dot_v1_dot_buildd__pb2.StatusResponse.SerializeToString,
+            ),
+            'Shutdown': grpc.unary_unary_rpc_method_handler(
+                    servicer.Shutdown,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.ShutdownRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.ShutdownResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -410,6 +430,33 @@ class Buildd:
             '/buildd.v1.Buildd/GetStatus',
             buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.SerializeToString,
             buildd_dot_v1_dot_buildd__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Shutdown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/buildd.v1.Buildd/Shutdown',
+            buildd_dot_v1_dot_buildd__pb2.ShutdownRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.ShutdownResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,12 @@ class BuilddStub:
     """Build one or more distributions. Final event: `result.build`."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]
     """The daemon, its sessions and their environments."""
+    Shutdown: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]
+    """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
+    health turns NOT_SERVING, running calls get `grace_seconds` to finish and
+    are then cancelled, environments are deleted, and the process exits 0.
+    Returns as soon as the drain has begun.
+    """
 
 @_typing.type_check_only
 class BuilddAsyncStub(BuilddStub):
@@ -122,6 +128,12 @@ class BuilddAsyncStub(BuilddStub):
     """Build one or more distributions. Final event: `result.build`."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]  # type: ignore[assignment]
     """The daemon, its sessions and their environments."""
+    Shutdown: _aio.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]  # type: ignore[assignment]
+    """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
+    health turns NOT_SERVING, running calls get `grace_seconds` to finish and
+    are then cancelled, environments are deleted, and the process exits 0.
+    Returns as soon as the drain has begun.
+    """
 
 class BuilddServicer(metaclass=_abc_1.ABCMeta):
     """The build daemon. One per machine (or container); sessions isolate clients."""
@@ -207,5 +219,17 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.StatusResponse, _abc.Awaitable[_buildd_pb2.StatusResponse]]:
         """The daemon, its sessions and their environments."""
+
+    @_abc_1.abstractmethod
+    def Shutdown(
+        self,
+        request: _buildd_pb2.ShutdownRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_buildd_pb2.ShutdownResponse, _abc.Awaitable[_buildd_pb2.ShutdownResponse]]:
+        """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
+        health turns NOT_SERVING, running calls get `grace_seconds` to finish and
+        are then cancelled, environments are deleted, and the process exits 0.
+        Returns as soon as the drain has begun.
+        """
 
 def add_BuilddServicer_to_server(servicer: BuilddServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
