@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .events import Emit, Phase
-from .hooks import TAIL_LINES, run_process
+from .hooks import TAIL_LINES, mentions_enospc, run_process
 from .installers import Installer, base_environment
 
 if TYPE_CHECKING:
@@ -75,6 +75,12 @@ class EnvironmentFactory:
         emit: Emit,
         cancel: threading.Event,
     ) -> Environment:
+        """A new instance of ``key`` in ``owner_dir/<id>``, installed and compiled.
+
+        Raises InstallFailed, ResourceExhausted (disk full) or Cancelled; on
+        any failure the partial folder is gone.
+        """
+        # Short ids keep shebang lines of console scripts under the kernel's limit.
         env_id = secrets.token_hex(6)
         path = owner_dir / env_id
         started = time.monotonic()
@@ -220,7 +226,7 @@ class EnvironmentFactory:
                 f"{label}: could not start {argv[0]}: {exc}", path=str(path)
             ) from exc
         if result.returncode != 0:
-            if any(_mentions_enospc(line) for line in result.last_lines):
+            if any(mentions_enospc(line) for line in result.last_lines):
                 raise errors.ResourceExhausted(
                     f"no space left on device: {label}",
                     path=str(path),
@@ -252,7 +258,7 @@ class EnvironmentFactory:
             emit=emit,
             cancel=cancel,
         )
-        if result.returncode != 0 and any(_mentions_enospc(x) for x in result.last_lines):
+        if result.returncode != 0 and any(mentions_enospc(x) for x in result.last_lines):
             raise errors.ResourceExhausted(
                 f"no space left on device while compiling {path}",
                 path=str(path),
@@ -321,10 +327,6 @@ def _check_cancel(cancel: threading.Event, what: str) -> None:
         raise errors.Cancelled(f"{what} was cancelled")
 
 
-def _mentions_enospc(line: str) -> bool:
-    return "No space left on device" in line or "os error 28" in line or "Errno 28" in line
-
-
 def _is_enospc(exc: BaseException) -> bool:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -332,7 +334,7 @@ def _is_enospc(exc: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno == errno.ENOSPC:
             return True
-        if _mentions_enospc(str(current)):
+        if mentions_enospc(str(current)):
             return True
         current = current.__cause__ or current.__context__
     return False

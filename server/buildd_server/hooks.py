@@ -90,24 +90,28 @@ def run_process(
     process group; OSError when the process cannot be started.
     """
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    lock = threading.Lock()
+    tail_lock = threading.Lock()
+    # Separate, so that an emit blocked on a slow client never holds up the
+    # end of the call, which needs only the tail.
+    emit_lock = threading.Lock()
     finished = threading.Event()
     listening = not quiet
 
     def on_line(stream: Literal["stdout", "stderr"], text: str) -> None:
         nonlocal listening
-        # One lock keeps the tail and the event order consistent across both pipes.
-        with lock:
+        with tail_lock:
             if finished.is_set():
                 return
             tail.append(text)
-            if listening:
-                try:
-                    emit(Log(stream=stream, text=text, hook=hook))
-                except Exception:
-                    # A reader that died here would stop draining the pipe and
-                    # block the child: keep reading, stop forwarding.
-                    listening = False
+        with emit_lock:  # both pipes' readers call it; emit need not be thread-safe
+            if not listening or finished.is_set():
+                return
+            try:
+                emit(Log(stream=stream, text=text, hook=hook))
+            except Exception:
+                # A reader that died here would stop draining the pipe and
+                # block the child: keep reading, stop forwarding.
+                listening = False
 
     proc = subprocess.Popen(
         list(argv),
@@ -147,7 +151,7 @@ def run_process(
         returncode = proc.wait()
         for thread in readers:
             thread.join(_PIPE_GRACE)
-        with lock:
+        with tail_lock:
             finished.set()
             lines = tuple(tail)
         # Each reader closes its own pipe at EOF: closing it here could block
@@ -271,6 +275,10 @@ class HookRunner:
                 hook=hook,
                 last_lines=result.last_lines,
             )
+        if result.returncode > 0 and any(map(mentions_enospc, result.last_lines)):
+            raise errors.ResourceExhausted(
+                f"{label} ran out of disk space", hook=hook, last_lines=result.last_lines
+            )
         if result.returncode > 0:
             last = next((line for line in reversed(result.last_lines) if line.strip()), "")
             raise errors.BackendFailed(
@@ -291,6 +299,11 @@ class HookRunner:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             # Best effort: pyproject_hooks itself reports a missing or bad output.json.
             return
+
+
+def mentions_enospc(line: str) -> bool:
+    """Whether an output line reports a full disk (Python, pip, uv and Rust spellings)."""
+    return "No space left on device" in line or "os error 28" in line or "Errno 28" in line
 
 
 def _signal_name(number: int) -> str:
@@ -393,7 +406,9 @@ class Hooks:
             result: object = getattr(caller, hook)(*args)
             outcome = "ok"
             return result
-        except errors.BuilddError:
+        except errors.BuilddError as exc:
+            # The runner knows the process, not the project: name the file too.
+            exc.path = exc.path or where
             raise
         except pyproject_hooks.BackendUnavailable as exc:
             raise errors.BackendUnavailable(

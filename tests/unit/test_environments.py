@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
 from buildd_server import errors
 from buildd_server.config import InstallerOptions
 from buildd_server.environments import METADATA_FILE, Environment, EnvironmentFactory

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
 from buildd_server import errors
 from buildd_server import hooks as hooks_module
 from buildd_server.config import InstallerOptions
@@ -343,6 +344,7 @@ def test_a_raising_hook_is_backend_failed_with_its_traceback(
     assert failure.message.endswith("RuntimeError: boom from the backend")
     assert any(line.startswith("Traceback") for line in failure.last_lines)
     assert failure.hook == "get_requires_for_build_wheel"
+    assert failure.path == str(root / "pyproject.toml")
 
 
 def test_a_hook_killed_by_a_signal_is_backend_failed_naming_it(
@@ -356,6 +358,20 @@ def test_a_hook_killed_by_a_signal_is_backend_failed_naming_it(
     root = backend_project(tmp_path / "proj", backend)
     with pytest.raises(errors.BackendFailed, match="killed by signal SIGTERM"):
         hooks_for(bare_env, root).get_requires("wheel", {})
+
+
+def test_a_hook_that_fills_the_disk_is_resource_exhausted(
+    bare_env: Environment, tmp_path: Path
+) -> None:
+    backend = """
+    import errno, os
+    def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "big.whl")
+    """
+    root = backend_project(tmp_path / "proj", backend)
+    with pytest.raises(errors.ResourceExhausted, match="disk space") as caught:
+        hooks_for(bare_env, root).build("wheel", tmp_path, {})
+    assert "No space left on device" in caught.value.last_lines[-1]
 
 
 def test_missing_backend_is_backend_unavailable(bare_env: Environment, tmp_path: Path) -> None:
@@ -507,6 +523,49 @@ def test_huge_output_keeps_memory_bounded_and_cuts_long_lines(
     assert len(failure.last_lines) == TAIL_LINES
     assert failure.last_lines[-1] == "the end"
     assert "exit code 3" in failure.message
+
+
+CHATTY = """
+import sys, time
+def get_requires_for_build_wheel(config_settings=None):
+    for i in range(1000):
+        print("line", i)
+    sys.stdout.flush()
+    if config_settings.get("hang"):
+        time.sleep(1000)
+    return []
+"""
+
+
+def test_a_failing_emit_does_not_stall_the_hook(bare_env: Environment, tmp_path: Path) -> None:
+    root = backend_project(tmp_path / "proj", CHATTY)
+
+    def broken(event: Event) -> None:
+        if isinstance(event, Log):
+            raise ConnectionError("client went away")
+
+    assert hooks_for(bare_env, root, emit=broken).get_requires("wheel", {}) == []
+
+
+def test_a_blocked_emit_does_not_hold_the_timeout(
+    bare_env: Environment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hooks_module, "_PIPE_GRACE", 0.2)
+    root = backend_project(tmp_path / "proj", CHATTY)
+    release = threading.Event()
+
+    def stuck(event: Event) -> None:
+        if isinstance(event, Log):
+            release.wait(60)
+
+    try:
+        with pytest.raises(errors.Timeout) as caught:
+            hooks_for(bare_env, root, emit=stuck, timeout=1.0).get_requires("wheel", {"hang": "1"})
+        # The stuck reader stopped draining its pipe (backpressure), but the
+        # call still ended on time with what had been read.
+        assert caught.value.last_lines[0] == "line 0"
+    finally:
+        release.set()
 
 
 def test_quiet_hooks_emit_no_lines_but_keep_them_for_errors(

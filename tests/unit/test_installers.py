@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from buildd_server import installers
 from buildd_server.config import InstallerOptions
 from buildd_server.environments import EnvironmentFactory

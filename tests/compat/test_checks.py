@@ -1,0 +1,206 @@
+"""The runner's comparisons, on wheels made here: each one must catch what it claims to."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zipfile
+from typing import TYPE_CHECKING
+
+import pytest
+
+from compat import run as compat
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+METADATA = (
+    b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nSummary: a demo\n"
+    b"Requires-Dist: packaging\nRequires-Dist: tomli; python_version < '3.11'\n\nLong text.\n"
+)
+WHEEL = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+ELF = b"\x7fELF" + b"\x00" * 60
+INIT = b"VERSION = '1.0'\n"
+
+
+def _digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_wheel(
+    folder: Path,
+    files: dict[str, bytes] | None = None,
+    *,
+    filename: str = "demo-1.0-py3-none-any.whl",
+    record: str | None = None,
+) -> Path:
+    """A wheel of ``files`` (plus METADATA and WHEEL unless given) with a correct RECORD."""
+    members = {
+        "demo/__init__.py": INIT,
+        "demo-1.0.dist-info/METADATA": METADATA,
+        "demo-1.0.dist-info/WHEEL": WHEEL,
+    }
+    members.update(files or {})
+    if record is None:
+        rows = [f"{name},sha256={_digest(data)},{len(data)}" for name, data in members.items()]
+        record = "\n".join([*rows, "demo-1.0.dist-info/RECORD,,"]) + "\n"
+    members["demo-1.0.dist-info/RECORD"] = record.encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_equal_wheels_have_no_differences(tmp_path: Path) -> None:
+    left = make_wheel(tmp_path / "a")
+    right = make_wheel(tmp_path / "b")
+    assert compat.compare_wheels(left, right) == []
+    assert compat.record_problems(left) == []
+
+
+def test_a_changed_python_file_is_a_difference(tmp_path: Path) -> None:
+    left = make_wheel(tmp_path / "a", {"demo/__init__.py": b"VERSION = '1.1'\n"})
+    right = make_wheel(tmp_path / "b")
+    [problem] = compat.compare_wheels(left, right)
+    assert problem.startswith("demo/__init__.py: content differs")
+
+
+def test_a_changed_compiled_file_is_not_a_difference(tmp_path: Path) -> None:
+    name = "demo/_speedups.cpython-311-x86_64-linux-gnu.so"
+    left = make_wheel(tmp_path / "a", {name: ELF + b"one"})
+    right = make_wheel(tmp_path / "b", {name: ELF + b"two"})
+    assert compat.compare_wheels(left, right) == []
+
+
+def test_an_executable_without_suffix_is_compiled_by_its_header() -> None:
+    assert compat.is_compiled("demo-1.0.data/scripts/tool", ELF)
+    assert not compat.is_compiled("demo-1.0.data/scripts/tool", b"#!python\n")
+
+
+def test_missing_and_extra_members_are_differences(tmp_path: Path) -> None:
+    left = make_wheel(tmp_path / "a", {"demo/extra.py": b""})
+    right = make_wheel(tmp_path / "b", {"demo/other.py": b""})
+    problems = compat.compare_wheels(left, right)
+    assert "buildd wheel lacks ['demo/other.py']" in problems
+    assert "buildd wheel has extra ['demo/extra.py']" in problems
+
+
+def test_different_tags_are_a_difference(tmp_path: Path) -> None:
+    wheel = WHEEL.replace(b"py3-none-any", b"cp311-cp311-linux_x86_64")
+    left = make_wheel(
+        tmp_path / "a",
+        {"demo-1.0.dist-info/WHEEL": wheel},
+        filename="demo-1.0-cp311-cp311-linux_x86_64.whl",
+    )
+    right = make_wheel(tmp_path / "b")
+    problems = compat.compare_wheels(left, right)
+    assert any(p.startswith("file name demo-1.0-cp311") for p in problems)
+    assert any(p.startswith("demo-1.0.dist-info/WHEEL: headers differ") for p in problems)
+
+
+def test_metadata_headers_are_compared_in_order() -> None:
+    swapped = METADATA.replace(
+        b"Requires-Dist: packaging\nRequires-Dist: tomli; python_version < '3.11'\n",
+        b"Requires-Dist: tomli; python_version < '3.11'\nRequires-Dist: packaging\n",
+    )
+    assert compat.metadata_differences(METADATA, swapped, "a", "b") == [
+        "headers differ (same headers in a different order)"
+    ]
+
+
+def test_metadata_line_endings_and_header_case_are_normalised() -> None:
+    other = METADATA.replace(b"\n", b"\r\n").replace(b"Summary:", b"summary:")
+    assert compat.metadata_differences(METADATA, other, "a", "b") == []
+
+
+def test_metadata_values_and_bodies_are_compared() -> None:
+    other = METADATA.replace(b"Version: 1.0", b"Version: 1.0.post1").replace(b"Long", b"Short")
+    problems = compat.metadata_differences(METADATA, other, "a", "b")
+    assert problems[0] == "headers differ (only in a: version: 1.0 | only in b: version: 1.0.post1)"
+    assert problems[1].startswith("bodies differ")
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (
+            "demo/__init__.py,sha256=AAAA,16\n",
+            "RECORD hash of 'demo/__init__.py' is wrong",
+        ),
+        (
+            f"demo/__init__.py,sha256={_digest(INIT)},15\n",
+            "RECORD size of 'demo/__init__.py' is '15', the file has 16 bytes",
+        ),
+        ("demo/__init__.py,md5=AAAA,16\n", "RECORD row of 'demo/__init__.py' has hash 'md5=AAAA'"),
+        ("demo/gone.py,sha256=AAAA,1\n", "RECORD lists 'demo/gone.py', which the wheel lacks"),
+    ],
+)
+def test_record_errors_are_found(tmp_path: Path, record: str, expected: str) -> None:
+    wheel = make_wheel(tmp_path, record=record + "demo-1.0.dist-info/RECORD,,\n")
+    problems = compat.record_problems(wheel)
+    assert expected in problems
+    # The members the bad RECORD leaves out are reported too.
+    assert any(p.startswith("not in RECORD: ") for p in problems)
+
+
+def test_record_own_row_must_be_empty(tmp_path: Path) -> None:
+    members = {
+        "demo/__init__.py": INIT,
+        "demo-1.0.dist-info/METADATA": METADATA,
+        "demo-1.0.dist-info/WHEEL": WHEEL,
+    }
+    rows = [f"{name},sha256={_digest(data)},{len(data)}" for name, data in members.items()]
+    record = "\n".join([*rows, "demo-1.0.dist-info/RECORD,sha256=AAAA,10"]) + "\n"
+    wheel = make_wheel(tmp_path, record=record)
+    assert compat.record_problems(wheel) == ["RECORD's own row must have no hash and no size"]
+
+
+def test_filename_tags_must_match_wheel_tags(tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path, filename="demo-1.0-py2.py3-none-any.whl")
+    [problem] = compat.record_problems(wheel)
+    assert problem.startswith("filename tags ['py2-none-any', 'py3-none-any'] are not WHEEL's")
+
+
+def test_the_corpus_covers_the_issue(tmp_path: Path) -> None:
+    projects = compat.load_corpus()
+    assert len(projects) >= 10
+    backends = {p.backend.split()[0].rstrip(",") for p in projects}
+    assert {
+        "setuptools",
+        "hatchling",
+        "flit_core",
+        "pdm-backend",
+        "poetry-core",
+        "scikit-build-core",
+        "meson-python",
+        "maturin",
+    } <= backends
+    assert any("legacy" in p.backend for p in projects)
+    assert any("C extension" in p.backend for p in projects)
+    assert any("backend-path" in p.backend for p in projects)
+    assert any("hatch-vcs" in p.backend for p in projects)
+    editable = {p.backend.split()[0].rstrip(",") for p in projects if p.editable}
+    assert {"setuptools", "hatchling", "flit_core"} <= editable
+    assert 2 <= sum(p.fast for p in projects) <= 3
+
+
+def test_the_corpus_rejects_unknown_fields(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.toml"
+    corpus.write_text(
+        '[[project]]\nname = "x"\nversion = "1"\nsha256 = "' + "0" * 64 + '"\n'
+        'backend = "b"\neditble = true\n'
+    )
+    with pytest.raises(ValueError, match="unknown field"):
+        compat.load_corpus(corpus)
+
+
+def test_a_cached_sdist_with_the_wrong_hash_is_not_used(tmp_path: Path) -> None:
+    [project] = [p for p in compat.load_corpus() if p.name == "tomli"]
+    folder = tmp_path / "sdists"
+    folder.mkdir()
+    (folder / f"tomli-{project.version}.tar.gz").write_bytes(b"not the sdist")
+    # No index answers at this address: the function must try to download.
+    with pytest.raises(OSError):
+        compat.fetch_sdist(project, tmp_path, "http://127.0.0.1:9/simple")
