@@ -13,14 +13,9 @@ concurrent first requests can never pick two different instances.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -28,83 +23,46 @@ import structlog
 
 from . import errors
 from .artifacts import publish
-from .events import Emit, Log, Phase
-from .hooks import Hooks
-from .interpreters import Interpreter, resolve_interpreter
-from .keys import EnvKey, make_key, normalize_requirements
+from .events import Emit, Phase
+from .interpreters import resolve_interpreter
+from .keys import make_key, normalize_requirements
+from .leasing import Leaser, RequestContext
 from .metrics import Metrics
-from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
+from .requests import (
+    ArtifactOutcome,
+    Dist,
+    MetadataOutcome,
+    Prepared,
+    Request,
+    RequiresOutcome,
+    SourceState,
+    drop_logs,
+    settings_id,
+)
 from .sources import Project, is_sdist, load_project, unpack_sdist
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from .config import Config
     from .environments import Environment, EnvironmentFactory
+    from .hooks import Hooks
+    from .keys import EnvKey
+    from .pool import Lease, Pool
     from .sessions import Session, SessionRegistry
 
 log = structlog.get_logger("buildd.service")
 
-Dist = Literal["wheel", "sdist", "editable"]
-ConfigSettings = Mapping[str, "str | list[str]"]
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class Request:
-    """What every hook-running request carries, already decoded from the wire."""
-
-    session_id: str
-    source: str
-    python: str = ""
-    config_settings: Mapping[str, str | list[str]] = field(default_factory=dict)
-    quiet: bool = False
-    # Absolute time.monotonic() deadline, or None for none.
-    deadline: float | None = None
-
-
-@dataclass
-class Prepared:
-    """Metadata prepared for one source, valid while its instance and files stay the same."""
-
-    directory: Path
-    dist_info: str
-    environment_id: str
-    fingerprint: tuple[tuple[str, int, int], ...]
-    from_wheel: bool
-
-
-@dataclass
-class SourceState:
-    """What a session remembers about one source."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    environment: Environment | None = None
-    prepared: dict[tuple[str, str], Prepared] = field(default_factory=dict)
-    # For a source given as an sdist: where it was unpacked and from which file state.
-    unpacked: tuple[tuple[int, int], Path] | None = None
-
-
-@dataclass(frozen=True)
-class MetadataOutcome:
-    metadata: bytes
-    dist_info_name: str
-    dist_info_path: Path
-    from_wheel: bool
-
-
-@dataclass(frozen=True)
-class RequiresOutcome:
-    static: tuple[str, ...]
-    dynamic: tuple[str, ...]
-    key_id: str
-    backend: str
-
-
-@dataclass(frozen=True)
-class ArtifactOutcome:
-    distribution: Dist
-    path: Path
-    size: int
-    sha256: str
+__all__ = [
+    "ArtifactOutcome",
+    "BuildService",
+    "Dist",
+    "MetadataOutcome",
+    "Request",
+    "RequiresOutcome",
+]
 
 
 class BuildService:
@@ -129,6 +87,7 @@ class BuildService:
         self._sources: dict[str, dict[str, SourceState]] = {}
         self._in_flight: dict[str, int] = {}
         self._end_counts: dict[str, tuple[int, int]] = {}
+        self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout)
         self.draining = False
 
     # ------------------------------------------------------------ requests --
@@ -136,7 +95,7 @@ class BuildService:
     def get_requires(
         self, request: Request, dist: Dist, emit: Emit, cancel: threading.Event
     ) -> RequiresOutcome:
-        def work(ctx: _Context) -> RequiresOutcome:
+        def work(ctx: RequestContext) -> RequiresOutcome:
             with ctx.leased() as (lease, hooks):
                 dynamic = self._dynamic_requirements(ctx, lease, hooks, dist)
                 return RequiresOutcome(
@@ -155,7 +114,7 @@ class BuildService:
         emit: Emit,
         cancel: threading.Event,
     ) -> MetadataOutcome:
-        def work(ctx: _Context) -> MetadataOutcome:
+        def work(ctx: RequestContext) -> MetadataOutcome:
             with ctx.leased() as (lease, hooks):
                 self._dynamic_requirements(ctx, lease, hooks, dist)
                 prepared = self._prepare(ctx, lease.instance, hooks, dist)
@@ -183,7 +142,7 @@ class BuildService:
         if len(set(dists)) != len(dists):
             raise errors.InvalidRequest(f"distributions: {list(dists)} names one kind twice")
 
-        def work(ctx: _Context) -> list[ArtifactOutcome]:
+        def work(ctx: RequestContext) -> list[ArtifactOutcome]:
             outdir = self._output_directory(output_directory, ctx.project)
             results: list[ArtifactOutcome] = []
             sdist_path: Path | None = None
@@ -249,7 +208,7 @@ class BuildService:
         request: Request,
         emit: Emit,
         cancel: threading.Event,
-        work: Callable[[_Context], T],
+        work: Callable[[RequestContext], T],
     ) -> T:
         if self.draining:
             raise errors.Unavailable("the daemon is shutting down and takes no new requests")
@@ -262,12 +221,12 @@ class BuildService:
         request: Request,
         emit: Emit,
         cancel: threading.Event,
-        work: Callable[[_Context], T],
+        work: Callable[[RequestContext], T],
     ) -> T:
         with self._lock:
             self._in_flight[session.id] = self._in_flight.get(session.id, 0) + 1
         if request.quiet:
-            emit = _drop_logs(emit)
+            emit = drop_logs(emit)
         bound = log.bind(session=session.id[:8], source=request.source)
         try:
             # Checked after counting this request in, so that an end racing
@@ -292,7 +251,7 @@ class BuildService:
 
     def _context(
         self, request: Request, session: Session, emit: Emit, cancel: threading.Event
-    ) -> _Context:
+    ) -> RequestContext:
         state = self._source_state(session.id, request.source)
         root = self._project_root(request.source, session, state)
         project = load_project(str(root))
@@ -307,7 +266,9 @@ class BuildService:
         )
         structlog.contextvars.bind_contextvars(key=key.id)
         emit(Phase("key_resolved", detail=project.backend, key_id=key.id))
-        return _Context(self, request, session, state, project, interpreter, key, emit, cancel)
+        return RequestContext(
+            self._leaser, request, session, state, project, interpreter, key, emit, cancel
+        )
 
     def _project_root(self, source: str, session: Session, state: SourceState) -> Path:
         path = Path(source)
@@ -350,7 +311,7 @@ class BuildService:
                 break
 
     def _dynamic_requirements(
-        self, ctx: _Context, lease: Lease[Environment], hooks: Hooks, dist: Dist
+        self, ctx: RequestContext, lease: Lease[Environment], hooks: Hooks, dist: Dist
     ) -> list[str]:
         env = lease.instance
         dynamic = hooks.get_requires(dist, ctx.request.config_settings)
@@ -365,7 +326,11 @@ class BuildService:
         return dynamic
 
     def _prepare(
-        self, ctx: _Context, env: Environment, hooks: Hooks, dist: Literal["wheel", "editable"]
+        self,
+        ctx: RequestContext,
+        env: Environment,
+        hooks: Hooks,
+        dist: Literal["wheel", "editable"],
     ) -> Prepared:
         work = self._work_dir(ctx.session)
         directory = Path(tempfile.mkdtemp(prefix=f"metadata-{dist}-", dir=work))
@@ -377,18 +342,18 @@ class BuildService:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         prepared = Prepared(directory, dist_info, env.id, ctx.project.fingerprint(), from_wheel)
-        slot = (dist, _settings_id(ctx.request.config_settings))
+        slot = (dist, settings_id(ctx.request.config_settings))
         old = ctx.state.prepared.get(slot)
         ctx.state.prepared[slot] = prepared
         if old is not None:
             shutil.rmtree(old.directory, ignore_errors=True)
         return prepared
 
-    def _metadata_directory(self, ctx: _Context, env: Environment, dist: Dist) -> Path | None:
+    def _metadata_directory(self, ctx: RequestContext, env: Environment, dist: Dist) -> Path | None:
         """The prepared metadata to pass to build_* (rule 6), when it is still valid."""
         if dist == "sdist":
             return None
-        prepared = ctx.state.prepared.get((dist, _settings_id(ctx.request.config_settings)))
+        prepared = ctx.state.prepared.get((dist, settings_id(ctx.request.config_settings)))
         if prepared is None:
             return None
         if (
@@ -401,7 +366,7 @@ class BuildService:
         return prepared.directory / prepared.dist_info
 
     def _build_one(
-        self, ctx: _Context, env: Environment, hooks: Hooks, dist: Dist, outdir: Path
+        self, ctx: RequestContext, env: Environment, hooks: Hooks, dist: Dist, outdir: Path
     ) -> ArtifactOutcome:
         staging = Path(tempfile.mkdtemp(prefix=f"build-{dist}-", dir=self._work_dir(ctx.session)))
         try:
@@ -420,7 +385,7 @@ class BuildService:
         ctx.emit(Phase("artifact_written", detail=str(final)))
         return ArtifactOutcome(dist, final, size, digest)
 
-    def _wheel_from_sdist(self, ctx: _Context, sdist: Path, outdir: Path) -> ArtifactOutcome:
+    def _wheel_from_sdist(self, ctx: RequestContext, sdist: Path, outdir: Path) -> ArtifactOutcome:
         """Build the wheel from the unpacked sdist, as ``python -m build`` does by default."""
         work = self._work_dir(ctx.session)
         unpack_root = Path(tempfile.mkdtemp(prefix="from-sdist-", dir=work))
@@ -437,8 +402,8 @@ class BuildService:
                 origin=origin,
             )
             state = self._source_state(ctx.session.id, source_id)
-            sub = _Context(
-                self,
+            sub = RequestContext(
+                self._leaser,
                 ctx.request,
                 ctx.session,
                 state,
@@ -464,193 +429,3 @@ class BuildService:
         if path.exists() and not path.is_dir():
             raise errors.InvalidRequest(f"output_directory: {requested} exists and is not a folder")
         return path
-
-    def lease(self, ctx: _Context) -> Lease[Environment]:
-        """Lease the source's own instance, or one of its key (creating it if needed)."""
-        started = time.monotonic()
-        lease = self._lease(ctx)
-        self.metrics.leases.inc()
-        self.metrics.lease_wait.observe(time.monotonic() - started)
-        return lease
-
-    def _lease(self, ctx: _Context) -> Lease[Environment]:
-        owner = ctx.session.id
-
-        def on_wait() -> None:
-            ctx.emit(Phase("waiting_for_environment", key_id=ctx.key.id))
-
-        env = ctx.state.environment
-        if env is not None and not _still_fits(env, ctx.key):
-            # The project's static requirements or interpreter changed: start afresh.
-            ctx.state.environment = None
-            ctx.state.prepared.clear()
-            env = None
-        try:
-            if env is not None:
-                try:
-                    return self._pool.acquire_instance(
-                        owner,
-                        env,
-                        deadline=ctx.request.deadline,
-                        cancel=ctx.cancel,
-                        on_wait=on_wait,
-                    )
-                except InstanceGone:
-                    log.info("affinity_lost", session=owner[:8], env=env.id)
-                    ctx.state.environment = None
-                    ctx.state.prepared.clear()
-            envs_dir = ctx.session.directory / "envs"
-
-            def create() -> Environment:
-                started = time.monotonic()
-                outcome = "failed"
-                try:
-                    env = self._factory.create(
-                        ctx.key, ctx.interpreter, envs_dir, emit=ctx.emit, cancel=ctx.cancel
-                    )
-                    outcome = "ok"
-                    return env
-                finally:
-                    self.metrics.creation.labels(outcome=outcome).observe(
-                        time.monotonic() - started
-                    )
-
-            return self._pool.acquire(
-                owner,
-                ctx.key,
-                create,
-                deadline=ctx.request.deadline,
-                cancel=ctx.cancel,
-                on_wait=on_wait,
-            )
-        except PoolTimeout as exc:
-            raise errors.Timeout(
-                f"no environment for key {ctx.key.id} became free before the request's deadline"
-            ) from exc
-        except PoolCancelled as exc:
-            raise errors.Cancelled(
-                "the request was cancelled while waiting for an environment"
-            ) from exc
-        except OwnerGone as exc:
-            raise errors.SessionNotFound(f"session {owner[:8]}… ended while waiting") from exc
-
-
-class _Context:
-    """One request's resolved inputs, and the helpers that need them together."""
-
-    def __init__(
-        self,
-        service: BuildService,
-        request: Request,
-        session: Session,
-        state: SourceState,
-        project: Project,
-        interpreter: Interpreter,
-        key: EnvKey,
-        emit: Emit,
-        cancel: threading.Event,
-    ) -> None:
-        self.service = service
-        self.request = request
-        self.session = session
-        self.state = state
-        self.project = project
-        self.interpreter = interpreter
-        self.key = key
-        self.cancel = cancel
-        self._emit = emit
-        self._hook_started = 0.0
-
-    def emit(self, event: Phase | Log) -> None:
-        """Pass an event on, counting finished hooks for the metrics on the way."""
-        if isinstance(event, Phase):
-            if event.name == "running_hook":
-                self._hook_started = time.monotonic()
-            elif event.name == "hook_finished":
-                self.service.metrics.hooks.labels(hook=event.hook, outcome="ok").observe(
-                    event.step_seconds
-                )
-        self._emit(event)
-
-    def hook_failed(self, exc: BaseException) -> None:
-        if isinstance(exc, errors.BuilddError) and exc.hook:
-            outcome = (
-                "timeout"
-                if isinstance(exc, errors.Timeout)
-                else "cancelled"
-                if isinstance(exc, errors.Cancelled)
-                else "failed"
-            )
-            self.service.metrics.hooks.labels(hook=exc.hook, outcome=outcome).observe(
-                time.monotonic() - self._hook_started
-            )
-
-    @contextmanager
-    def source_lock(self) -> Iterator[None]:
-        """Hold the per-source lock, waiting within the deadline and noticing cancels."""
-        while not self.state.lock.acquire(timeout=0.05):
-            if self.cancel.is_set():
-                raise errors.Cancelled("the request was cancelled while waiting for its source")
-            if self.request.deadline is not None and time.monotonic() > self.request.deadline:
-                raise errors.Timeout("the deadline passed while another request used this source")
-        try:
-            yield
-        finally:
-            self.state.lock.release()
-
-    @contextmanager
-    def leased(self) -> Iterator[tuple[Lease[Environment], Hooks]]:
-        """Lease an environment for a sequence of hook calls; discard it on doubt (rule 5)."""
-        lease = self.service.lease(self)
-        env = lease.instance
-        self.emit(Phase("environment_leased", key_id=env.key.id, environment_path=str(env.path)))
-        hooks = Hooks(
-            env,
-            self.project,
-            timeout=self.service._config.hook_timeout,
-            cancel=self.cancel,
-            emit=self.emit,
-        )
-        discard = True
-        try:
-            yield lease, hooks
-            discard = False
-        except (errors.InvalidProject, errors.HookMissing, errors.BackendUnavailable) as exc:
-            # The hook process ended through the PEP 517 protocol itself: the
-            # instance was not touched, but prove it before keeping it.
-            self.hook_failed(exc)
-            discard = not self.service._factory.validate(env)
-            raise
-        except BaseException as exc:
-            self.hook_failed(exc)
-            raise
-        finally:
-            if discard:
-                self.state.environment = None
-                self.state.prepared.clear()
-            else:
-                self.state.environment = env
-            env.last_used_at = time.time()
-            lease.release(discard=discard)
-
-
-def _still_fits(env: Environment, key: EnvKey) -> bool:
-    return (
-        env.key.interpreter == key.interpreter
-        and env.key.installer == key.installer
-        and env.key.installer_options == key.installer_options
-        and set(key.requirements) <= set(env.key.requirements)
-    )
-
-
-def _settings_id(settings: Mapping[str, str | list[str]]) -> str:
-    text = repr(sorted((k, v if isinstance(v, str) else tuple(v)) for k, v in settings.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _drop_logs(emit: Emit) -> Emit:
-    def quiet_emit(event: Phase | Log) -> None:
-        if not isinstance(event, Log):
-            emit(event)
-
-    return quiet_emit
