@@ -399,12 +399,16 @@ def _shutdown(args: argparse.Namespace) -> int:
             sys.stderr.write(f"{PROG}: draining, {answer.active_calls} call(s) running\n")
         if args.no_wait:
             return EXIT_OK
-        # The daemon answers NOT_SERVING while it drains, then goes away.
+        # The daemon answers NOT_SERVING while it drains, then stops
+        # answering; a Unix socket is removed only after the environments
+        # were deleted, so wait for that too: "stopped" means cleaned up.
+        socket_path = client.address.path if client.address.kind == "unix" else ""
         while True:
             try:
                 client.health()
             except DaemonUnavailable:
-                return EXIT_OK
+                if not socket_path or not os.path.exists(socket_path):
+                    return EXIT_OK
             time.sleep(0.1)
 
 

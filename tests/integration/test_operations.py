@@ -100,8 +100,12 @@ def test_metrics_change_when_work_happens(make_daemon: MakeDaemon, tmp_path: Pat
     assert after['buildd_environments{state="idle"}'] == 0
 
 
-def test_health_and_shutdown_commands(make_daemon: MakeDaemon) -> None:
+def test_health_and_shutdown_commands(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     process = make_daemon()
+    with Client(process.address, autostart=False) as client:
+        session = client.open_session("before-shutdown")
+        session.metadata(str(probe_project(tmp_path / "p", tmp_path / "log"))).result()
+    assert list((process.state_dir / "sessions").glob("*/envs/*"))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -114,6 +118,9 @@ def test_health_and_shutdown_commands(make_daemon: MakeDaemon) -> None:
     assert cli("health").returncode == 0
     stopped = cli("shutdown")
     assert stopped.returncode == 0, stopped.stderr
+    # When the command returns, the daemon has cleaned up.
+    assert not process.socket.exists()
+    assert not list((process.state_dir / "sessions").glob("*/envs/*"))
     assert process.process is not None
     assert process.process.wait(timeout=60) == 0
     gone = cli("health")
