@@ -374,7 +374,15 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
         threading.Thread(target=work, name=f"buildd-{name}", daemon=True).start()
         while True:
-            item = events.get()
+            try:
+                item = events.get(timeout=0.1)
+            except queue.Empty:
+                # Once the RPC is over nobody reads this generator again; the
+                # worker drops its remaining events, so stop waiting for them
+                # rather than pinning one of the server's threads for good.
+                if cancel.is_set():
+                    return
+                continue
             if isinstance(item, pb.Event):
                 yield item
                 continue

@@ -175,3 +175,37 @@ def test_cancel_stops_the_hook_and_frees_the_instance(client: Client, tmp_path: 
     assert records[0]["prefix"] != leased
     assert not Path(leased).exists()
     session.close()
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_cancelled_calls_give_their_server_threads_back(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    process = make_daemon()
+    log = tmp_path / "probe.log"
+    with Client(process.address, autostart=False) as client:
+        session = client.open_session("threads")
+        warm = probe_project(tmp_path / "warm", log)
+        session.metadata(str(warm)).result()
+        baseline = _threads(process.pid)
+        # Without the fix each cancelled call pins one server thread for good;
+        # with it, at most a couple of pool threads more than before may stay
+        # (calls overlapping for a moment make the pool grow, idle threads stay).
+        for index in range(8):
+            source = probe_project(tmp_path / f"slow{index}", log, hold=30)
+            call = session.metadata(str(source))
+            for event in call:
+                if event.HasField("log") and "starting" in event.log.text:
+                    break
+            call.cancel()
+        _wait_until(
+            lambda: _threads(process.pid) <= baseline + 2, "the server threads to return"
+        )
+        session.metadata(str(warm)).result()
+        session.close()
