@@ -36,6 +36,22 @@ if TYPE_CHECKING:
 log = structlog.get_logger("buildd.leasing")
 
 
+@contextmanager
+def hold_source(
+    state: SourceState, cancel: threading.Event, deadline: float | None
+) -> Iterator[None]:
+    """Hold a source's lock for a whole request, within the deadline, noticing cancels."""
+    while not state.lock.acquire(timeout=0.05):
+        if cancel.is_set():
+            raise errors.Cancelled("the request was cancelled while waiting for its source")
+        if deadline is not None and time.monotonic() > deadline:
+            raise errors.Timeout("the deadline passed while another request used this source")
+    try:
+        yield
+    finally:
+        state.lock.release()
+
+
 class Leaser:
     """Turns a request context into a lease on an environment instance."""
 
@@ -170,19 +186,6 @@ class RequestContext:
             self.leaser.metrics.hooks.labels(hook=exc.hook, outcome=outcome).observe(
                 time.monotonic() - self._hook_started
             )
-
-    @contextmanager
-    def source_lock(self) -> Iterator[None]:
-        """Hold the per-source lock, waiting within the deadline and noticing cancels."""
-        while not self.state.lock.acquire(timeout=0.05):
-            if self.cancel.is_set():
-                raise errors.Cancelled("the request was cancelled while waiting for its source")
-            if self.request.deadline is not None and time.monotonic() > self.request.deadline:
-                raise errors.Timeout("the deadline passed while another request used this source")
-        try:
-            yield
-        finally:
-            self.state.lock.release()
 
     @contextmanager
     def leased(self) -> Iterator[tuple[Lease[Environment], Hooks]]:

@@ -26,7 +26,7 @@ from .artifacts import publish
 from .events import Emit, Phase
 from .interpreters import resolve_interpreter
 from .keys import make_key, normalize_requirements
-from .leasing import Leaser, RequestContext
+from .leasing import Leaser, RequestContext, hold_source
 from .metrics import Metrics
 from .requests import (
     ArtifactOutcome,
@@ -234,9 +234,12 @@ class BuildService:
             # the request sees the end.
             if session.ended:
                 raise errors.SessionNotFound(f"session {session.id[:8]}… has ended")
-            ctx = self._context(request, session, emit, cancel)
-            bound.info("request_started", key=ctx.key.id, backend=ctx.project.backend)
-            with ctx.source_lock():
+            state = self._source_state(session.id, request.source)
+            # Taken before the project is even read: the first request of a
+            # source fixes its instance, and an sdist is unpacked only once.
+            with hold_source(state, cancel, request.deadline):
+                ctx = self._context(request, session, state, emit, cancel)
+                bound.info("request_started", key=ctx.key.id, backend=ctx.project.backend)
                 return work(ctx)
         finally:
             with self._lock:
@@ -250,9 +253,13 @@ class BuildService:
                 self._remove_session_dir(session)
 
     def _context(
-        self, request: Request, session: Session, emit: Emit, cancel: threading.Event
+        self,
+        request: Request,
+        session: Session,
+        state: SourceState,
+        emit: Emit,
+        cancel: threading.Event,
     ) -> RequestContext:
-        state = self._source_state(session.id, request.source)
         root = self._project_root(request.source, session, state)
         project = load_project(str(root))
         interpreter = resolve_interpreter(request.python)
@@ -281,7 +288,14 @@ class BuildService:
         if state.unpacked is not None and state.unpacked[0] == stamp and state.unpacked[1].is_dir():
             return state.unpacked[1]
         dest = Path(tempfile.mkdtemp(prefix="sdist-", dir=self._work_dir(session)))
-        root = unpack_sdist(path, dest)
+        try:
+            root = unpack_sdist(path, dest)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        if state.unpacked is not None:
+            # An older unpacking of this sdist (the file changed since).
+            shutil.rmtree(state.unpacked[1].parent, ignore_errors=True)
         state.unpacked = (stamp, root)
         return root
 
