@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import zipfile
 from typing import TYPE_CHECKING
 
@@ -204,3 +205,73 @@ def test_a_cached_sdist_with_the_wrong_hash_is_not_used(tmp_path: Path) -> None:
     # No index answers at this address: the function must try to download.
     with pytest.raises(OSError):
         compat.fetch_sdist(project, tmp_path, "http://127.0.0.1:9/simple")
+
+
+def _sbom(serial: str, timestamp: str, tree: str, version: str = "3.13.0") -> bytes:
+    document = {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": f"urn:uuid:{serial}",
+        "metadata": {
+            "timestamp": timestamp,
+            "component": {"bom-ref": f"path+file://{tree}#orjson@{version}", "version": version},
+        },
+    }
+    return json.dumps(document).encode()
+
+
+def test_sbom_serial_time_and_tree_path_are_normalised(tmp_path: Path) -> None:
+    name = "demo-1.0.dist-info/sboms/demo.cyclonedx.json"
+    left = make_wheel(tmp_path / "a", {name: _sbom("1111", "2026-01-01T00:00:00Z", "/tmp/a/x")})
+    right = make_wheel(tmp_path / "b", {name: _sbom("2222", "2026-01-02T00:00:00Z", "/w/y-1.0")})
+    assert compat.compare_wheels(left, right) == []
+
+
+def test_sbom_content_still_counts(tmp_path: Path) -> None:
+    name = "demo-1.0.dist-info/sboms/demo.cyclonedx.json"
+    left = make_wheel(tmp_path / "a", {name: _sbom("1", "t", "/a", version="3.13.0")})
+    right = make_wheel(tmp_path / "b", {name: _sbom("1", "t", "/a", version="3.13.1")})
+    [problem] = compat.compare_wheels(left, right)
+    assert problem.startswith(f"{name}: content differs")
+
+
+def _no_index() -> compat.IndexOptions:
+    return compat.IndexOptions(index_url=None, no_index=True)
+
+
+def test_editable_check_accepts_a_module_from_the_tree(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "demo").mkdir(parents=True)
+    (tree / "demo" / "__init__.py").write_text("")
+    wheel = _editable_only(tmp_path, tree)
+    found = compat.check_import(wheel, "demo", tree, tmp_path / "w", _no_index(), tmp_path / "log")
+    assert found == (tree / "demo" / "__init__.py").resolve()
+
+
+def _editable_only(tmp_path: Path, tree: Path) -> Path:
+    """A wheel holding only a .pth that puts ``tree`` on sys.path (and its metadata)."""
+    members = {
+        "demo.pth": f"{tree}\n".encode(),
+        "demo-1.0.dist-info/METADATA": METADATA,
+        "demo-1.0.dist-info/WHEEL": WHEEL,
+    }
+    rows = [f"{name},sha256={_digest(data)},{len(data)}" for name, data in members.items()]
+    record = "\n".join([*rows, "demo-1.0.dist-info/RECORD,,"]) + "\n"
+    folder = tmp_path / "editable-only"
+    folder.mkdir()
+    path = folder / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        archive.writestr("demo-1.0.dist-info/RECORD", record)
+    assert compat.record_problems(path) == []
+    return path
+
+
+def test_editable_check_rejects_a_regular_wheel(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "demo").mkdir(parents=True)
+    (tree / "demo" / "__init__.py").write_text("")
+    regular = make_wheel(tmp_path / "dist")
+    with pytest.raises(compat.StepError, match="outside the source tree"):
+        compat.check_import(regular, "demo", tree, tmp_path / "w", _no_index(), tmp_path / "log")

@@ -4,7 +4,7 @@
   projects) runs in ``.ci/run`` without the network once the sdists are in
   ``.cache/compat`` and the test wheelhouse is filled: both frontends install
   only from the wheelhouse (``--no-index --find-links``).
-- ``-m slow`` runs the whole corpus with build requirements from PyPI, exactly
+- ``-m corpus`` runs the whole corpus with build requirements from PyPI, exactly
   like ``python compat/run.py``.
 
 A failure message lists every difference and failed step, with reasons.
@@ -16,8 +16,8 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 import pytest
-from buildd_client import Client
 
+from buildd_client import Client
 from compat import run as compat
 
 if TYPE_CHECKING:
@@ -76,7 +76,9 @@ def test_fast_subset_from_the_wheelhouse(
     _check(project, offline_daemon.address, offline_index, tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.corpus
 @pytest.mark.parametrize("project", PROJECTS, ids=[p.key for p in PROJECTS])
-def test_corpus_from_pypi(project: compat.Project, pypi_daemon: compat.Daemon, tmp_path: Path) -> None:
+def test_corpus_from_pypi(
+    project: compat.Project, pypi_daemon: compat.Daemon, tmp_path: Path
+) -> None:
     _check(project, pypi_daemon.address, compat.IndexOptions(), tmp_path)

@@ -29,9 +29,9 @@ import zipfile
 from typing import TYPE_CHECKING
 
 import pytest
-from buildd_client import Client
 from pyproject_hooks import BuildBackendHookCaller
 
+from buildd_client import Client
 from compat import run as compat
 
 if TYPE_CHECKING:
@@ -233,30 +233,27 @@ def test_interleaved_sources_each_keep_their_tool(daemon: compat.Daemon, tmp_pat
                 session.metadata(source).result()
             wheels = []
             for source in sources:
-                call = session.build(source, distributions=("wheel",), output_directory=source / "o")
+                call = session.build(
+                    source, distributions=("wheel",), output_directory=source / "o"
+                )
                 [artifact] = call.result().artifacts
                 wheels.append(source / "o" / artifact.filename)
         finally:
             session.close()
     for source, wheel in zip(sources, wheels, strict=True):
-        assert _tool_in_wheel(wheel) == json.loads((source / "build" / "tool-cache.json").read_text())
+        assert _tool_in_wheel(wheel) == json.loads(
+            (source / "build" / "tool-cache.json").read_text()
+        )
 
 
 def _environment(path: Path, links: Path) -> Path:
     """A virtualenv holding compat-tool, made with uv like buildd's own environments."""
     uv = compat.find_uv()
-    env = compat.tool_environment(
-        compat.IndexOptions(index_url=None, find_links=(str(links),), no_index=True)
-    )
-    subprocess.run(
-        [uv, "venv", "--no-config", "-q", "--python", sys.executable, str(path)], env=env, check=True
-    )
+    index = compat.IndexOptions(index_url=None, find_links=(str(links),), no_index=True)
+    env = compat.tool_environment(index, path.parent / f"{path.name}-config")
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(path)], env=env, check=True)
     python = path / "bin" / "python"
-    subprocess.run(
-        [uv, "pip", "install", "--no-config", "-q", "--python", str(python), TOOL],
-        env=env,
-        check=True,
-    )
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(python), TOOL], env=env, check=True)
     return python
 
 

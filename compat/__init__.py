@@ -1,0 +1,1 @@
+"""The compatibility corpus and its checker, ``python compat/run.py``."""
