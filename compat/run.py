@@ -1008,10 +1008,10 @@ Run it (after `pip install -e '.[dev]'`; it needs PyPI for the build requirement
 ```sh
 python compat/run.py --write-docs       # all projects; rewrites this file
 python compat/run.py --only tomli       # one project
-python -m pytest tests/compat -m slow   # the same checks as pytest tests
+python -m pytest tests/compat -m corpus # the same checks as pytest tests
 ```
 
-The fast subset ({fast}) is not marked slow, so `bash .ci/run` runs it too:
+The fast subset ({fast}) is not marked `corpus`, so `bash .ci/run` runs it too:
 both frontends then install only from the test wheelhouse (`--no-index`), and
 no network is needed once the three sdists are in `.cache/compat`.
 

@@ -104,6 +104,8 @@ def status_to_json(status: pb.StatusResponse) -> dict[str, Any]:
             "max_envs_per_key": daemon.max_envs_per_key,
             "draining": daemon.draining,
         },
+        "principal": status.principal,
+        "admin": status.admin,
         "sessions": [
             {
                 "id": session.session_id,
@@ -111,6 +113,7 @@ def status_to_json(status: pb.StatusResponse) -> dict[str, Any]:
                 "created_at": session.created_at,
                 "last_active_at": session.last_active_at,
                 "keepalives": session.keepalives,
+                "principal": session.principal,
                 "environments": [
                     {
                         "id": env.id,
@@ -143,11 +146,15 @@ def status_text(status: pb.StatusResponse) -> str:
         f"  state:   {daemon.state_dir}",
         f"  caps:    {daemon.max_envs} environments, {daemon.max_envs_per_key} per key",
     ]
+    if status.principal:
+        lines.append(f"  you:     {status.principal}" + (" (admin)" if status.admin else ""))
     if not status.sessions:
         lines.append("no sessions")
     for session in status.sessions:
         count = len(session.environments)
         name = f" ({session.client_name})" if session.client_name else ""
+        if session.principal and session.principal != status.principal:
+            name += f" of {session.principal}"
         lines.append(
             f"session {session.session_id}{name}: {count} environment{'s' if count != 1 else ''}"
         )

@@ -1,7 +1,11 @@
 """``buildd-client``: the command line (its shape is a public contract, see the README).
 
-    buildd-client [--address ADDR] [--session ID] [-q | -v] COMMAND
+    buildd-client [--address ADDR] [--session ID] [-q | -v]
+                  [--tls-ca PEM] [--tls-cert PEM --tls-key PEM] [--token-file FILE] COMMAND
       session open | session close [ID] | metadata [SRC] | build [SRC] | status
+
+On a daemon that is not local (or with --upload) metadata and build pack the
+source, upload it by digest and download the artifacts (docs/remote.md).
 
 Exit codes: 0 success; 1 the backend or build failed; 2 usage or bad input;
 3 no daemon could be reached or started. grpc and the generated code are
@@ -12,6 +16,7 @@ imported only by the commands that talk to the daemon, so ``--version`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -110,6 +115,13 @@ def _add_build_options(parser: argparse.ArgumentParser) -> None:
         metavar="PY",
         help="the interpreter to build with: a path or a version such as 3.12",
     )
+    parser.add_argument(
+        "--upload",
+        action="store_true",
+        default=os.environ.get("BUILDD_UPLOAD", "").lower() in ("1", "true", "yes", "on"),
+        help="send the source to the daemon instead of its path (automatic for a "
+        "non-local address; $BUILDD_UPLOAD=1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--address",
         metavar="ADDR",
         help="the daemon (default: $BUILDD_ADDRESS, else the per-user socket, auto-started)",
+    )
+    parser.add_argument(
+        "--tls-ca", metavar="PEM", help="use TLS, trusting this CA (default: $BUILDD_TLS_CA)"
+    )
+    parser.add_argument(
+        "--tls-cert", metavar="PEM", help="mutual TLS: this client's certificate ($BUILDD_TLS_CERT)"
+    )
+    parser.add_argument("--tls-key", metavar="PEM", help="its private key ($BUILDD_TLS_KEY)")
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="send the token in FILE (default: $BUILDD_TOKEN_FILE, else $BUILDD_TOKEN)",
     )
     parser.add_argument(
         "--session",
@@ -244,6 +268,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return EXIT_INTERRUPTED
+    except ValueError as exc:  # credentials or a source that cannot be packed
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
     except OSError as exc:  # the client's own files: state folder, output
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_FAILED
@@ -255,8 +282,12 @@ class _UsageError(Exception):
 
 def _client(args: argparse.Namespace, *, autostart: bool) -> Client:
     from buildd_client.client import Client
+    from buildd_client.credentials import Credentials
 
-    return Client(args.address, autostart=autostart)
+    credentials = Credentials.from_options(
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, token_file=args.token_file
+    )
+    return Client(args.address, autostart=autostart, credentials=credentials)
 
 
 def _session(client: Client, args: argparse.Namespace) -> Session:
@@ -307,20 +338,24 @@ def _python(args: argparse.Namespace) -> str | None:
 def _metadata(args: argparse.Namespace) -> int:
     import json
 
+    from buildd_client._uploads import packed_source, run_call
     from buildd_client.metadata_json import metadata_to_json
 
-    show = _progress(args)
-    with _client(args, autostart=True) as client:
+    with _client(args, autostart=True) as client, contextlib.ExitStack() as stack:
         session = _session(client, args)
-        with session.metadata(
-            args.source,
-            config_settings=parse_config_settings(args.config_settings),
-            python=_python(args),
-            quiet=args.quiet,
-        ) as call:
-            for event in call:
-                show(event)
-            result = call.result()
+        packed = packed_source(args, session, stack)
+        result = run_call(
+            args,
+            session,
+            packed,
+            _progress(args),
+            lambda source: session.metadata(
+                source,
+                config_settings=parse_config_settings(args.config_settings),
+                python=_python(args),
+                quiet=args.quiet,
+            ),
+        )
     if args.json:
         text = json.dumps(metadata_to_json(result.metadata), indent=2, ensure_ascii=False)
         sys.stdout.write(text + "\n")
@@ -343,23 +378,34 @@ def _build(args: argparse.Namespace) -> int:
         outdir = os.path.join(source, "dist")
     else:
         outdir = None  # an sdist, or a path only the daemon sees: its default
-    show = _progress(args)
-    with _client(args, autostart=True) as client:
+    from buildd_client._uploads import packed_source, run_call
+
+    with _client(args, autostart=True) as client, contextlib.ExitStack() as stack:
         session = _session(client, args)
-        with session.build(
-            source,
-            distributions=distributions,
-            wheel_from_sdist=not chosen,
-            output_directory=outdir,
-            config_settings=parse_config_settings(args.config_settings),
-            python=_python(args),
-            quiet=args.quiet,
-        ) as call:
-            for event in call:
-                show(event)
-            result = call.result()
-    for artifact in result.artifacts:
-        sys.stdout.write(artifact.path + "\n")
+        packed = packed_source(args, session, stack)
+        result = run_call(
+            args,
+            session,
+            packed,
+            _progress(args),
+            lambda source: session.build(
+                source,
+                distributions=distributions,
+                wheel_from_sdist=not chosen,
+                # Uploaded: the daemon keeps them in the session; we download.
+                output_directory=None if packed else outdir,
+                config_settings=parse_config_settings(args.config_settings),
+                python=_python(args),
+                quiet=args.quiet,
+            ),
+        )
+        if packed is None:
+            paths = [artifact.path for artifact in result.artifacts]
+        else:
+            local = outdir or os.path.dirname(source)  # an sdist: next to it
+            paths = [str(p) for p in session.download(result.artifacts, local)]
+    for path in paths:
+        sys.stdout.write(path + "\n")
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from buildd.v1 import buildd_pb2_grpc
 from buildd_client import _files, autostart
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 from buildd_client.calls import Call
+from buildd_client.credentials import Credentials
 from buildd_client.errors import DaemonUnavailable, RequestFailed
 from buildd_client.keepalive import KeepAlive
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from typing_extensions import Self
+
+    from buildd_client.remote import PackedSource
 
 __all__ = ["Client", "ConfigSettings", "Session", "resolve_address"]
 
@@ -83,6 +86,9 @@ class Client:
     started in the background (unless ``autostart`` is false or
     ``BUILDD_NO_AUTOSTART=1``) and awaited for up to ``connect_timeout``
     seconds; otherwise a missing Unix socket raises DaemonUnavailable at once.
+
+    ``credentials`` (TLS, token) default to the ``BUILDD_TLS_*`` and
+    ``BUILDD_TOKEN[_FILE]`` variables (see ``buildd_client.credentials``).
     """
 
     def __init__(
@@ -91,13 +97,20 @@ class Client:
         *,
         autostart: bool = True,
         connect_timeout: float = 20.0,
+        credentials: Credentials | None = None,
     ) -> None:
         self.address: Address = parse_address(resolve_address(address))
+        self.credentials = credentials or Credentials.from_options()
         # True when this client started the daemon it talks to.
         self.started_daemon = False
         self._connect(autostart, connect_timeout)
-        self._channel = grpc.insecure_channel(self.address.target, options=_CHANNEL_OPTIONS)
+        self._channel = self.credentials.channel(self.address, _CHANNEL_OPTIONS)
         self._stub = buildd_pb2_grpc.BuilddStub(self._channel)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the daemon cannot be assumed to see our files: upload sources."""
+        return not self.address.is_local
 
     @property
     def is_default_address(self) -> bool:
@@ -282,10 +295,19 @@ class Session:
         config_settings: ConfigSettings | None,
         quiet: bool,
     ) -> pb.BuildContext:
+        text = os.fspath(source)
+        if text.startswith("sha256:"):
+            # An uploaded archive: our interpreter's path means nothing to the
+            # daemon, so its own is the default.
+            where = pb.Source(digest=text)
+            default_python = ""
+        else:
+            where = pb.Source(path=os.path.abspath(text))
+            default_python = sys.executable
         return pb.BuildContext(
             session_id=self.id,
-            source=pb.Source(path=os.path.abspath(os.fspath(source))),
-            python=sys.executable if python is None else python,
+            source=where,
+            python=default_python if python is None else python,
             config_settings=_config_settings(config_settings),
             quiet=quiet,
         )
@@ -364,6 +386,34 @@ class Session:
         )
         rpc = self._client.stub.Build(request, timeout=timeout)
         return Call(rpc, "build", lambda result: result.build)
+
+    def upload(self, source: str | os.PathLike[str] | PackedSource, *, force: bool = False) -> str:
+        """Pack ``source`` (a tree; an sdist goes as it is) and upload it if the daemon
+        lacks it; returns its digest, to pass as the ``source`` of any request.
+
+        Uploads belong to no session: the daemon's cache is shared by digest.
+        """
+        import tempfile
+        from pathlib import Path
+
+        from buildd_client import remote
+
+        if isinstance(source, remote.PackedSource):
+            remote.upload(self._client.stub, source, force=force)
+            return source.digest
+
+        with tempfile.TemporaryDirectory(prefix="buildd-upload-") as work:
+            packed = remote.pack_source(source, Path(work))
+            remote.upload(self._client.stub, packed, force=force)
+        return packed.digest
+
+    def download(
+        self, artifacts: Sequence[pb.Artifact], outdir: str | os.PathLike[str]
+    ) -> list[Path]:
+        """Fetch artifacts this session built into ``outdir`` (atomically, digest-checked)."""
+        from buildd_client import remote
+
+        return remote.download(self._client.stub, self.id, artifacts, outdir)
 
     def keepalive(self, interval: float = 0.0) -> KeepAlive:
         """A context manager holding the session open from a background thread."""

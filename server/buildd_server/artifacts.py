@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import secrets
 import shutil
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,10 @@ def publish(built: Path, outdir: Path) -> tuple[Path, int, str]:
     except OSError as exc:
         raise _as_error(exc, outdir) from exc
     final = outdir / built.name
-    temporary = outdir / f".{built.name}.buildd-partial-{os.getpid()}"
+    # One name per publish: two requests writing the same artifact into one
+    # folder at once (two sessions building one project into its dist/) must
+    # not share it, or one renames the other's file and fails on its own.
+    temporary = outdir / f".{built.name}.buildd-partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         try:
             os.replace(built, temporary)

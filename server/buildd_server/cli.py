@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING
 
 from buildd import __version__
 
-from .config import Config, InstallerOptions
+from .config import Config, InstallerOptions, SourceLimits
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _env(name: str, default: str = "") -> str:
@@ -26,6 +29,106 @@ def _env_list(name: str) -> list[str]:
 
 def _env_flag(name: str) -> bool:
     return _env(name).lower() in ("1", "true", "yes", "on")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size(text: str) -> int:
+    """``2G``, ``512M``, ``1.5G``, ``4096``: a byte count (units are binary)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 2G or 512M") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return int(number * _UNITS[unit])
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser().resolve()
+
+
+def _add_remote_options(parser: argparse.ArgumentParser) -> None:
+    """TLS, tokens, allowed paths and the upload cache (docs/remote.md)."""
+    group = parser.add_argument_group("remote clients (see docs/remote.md)")
+    group.add_argument(
+        "--tls-cert",
+        type=_path,
+        default=_path(_env("TLS_CERT")) if _env("TLS_CERT") else None,
+        metavar="PEM",
+        help="serve TCP over TLS with this certificate chain (with --tls-key)",
+    )
+    group.add_argument(
+        "--tls-key",
+        type=_path,
+        default=_path(_env("TLS_KEY")) if _env("TLS_KEY") else None,
+        metavar="PEM",
+        help="the private key of --tls-cert",
+    )
+    group.add_argument(
+        "--tls-client-ca",
+        type=_path,
+        default=_path(_env("TLS_CLIENT_CA")) if _env("TLS_CLIENT_CA") else None,
+        metavar="PEM",
+        help="mutual TLS: clients must present a certificate signed by this CA",
+    )
+    group.add_argument(
+        "--token-file",
+        type=_path,
+        default=_path(_env("TOKEN_FILE")) if _env("TOKEN_FILE") else None,
+        metavar="FILE",
+        help="bearer tokens, one per line as TOKEN or NAME:TOKEN; each line is a principal",
+    )
+    group.add_argument(
+        "--admin",
+        action="append",
+        default=_env_list("ADMIN"),
+        metavar="NAME",
+        help="a principal of --token-file that may call Shutdown and see every session "
+        "(repeatable)",
+    )
+    group.add_argument(
+        "--allow-path",
+        action="append",
+        type=_path,
+        default=[_path(p) for p in _env_list("ALLOW_PATH")],
+        metavar="DIR",
+        help="a folder remote principals may name as source or output path (repeatable; "
+        "default: none, they must upload)",
+    )
+    group.add_argument(
+        "--blob-cache-size",
+        type=size,
+        default=size(_env("BLOB_CACHE_SIZE", "2G")),
+        metavar="SIZE",
+        help="uploaded sources kept, least recently used evicted (default: 2G)",
+    )
+    limits = SourceLimits()
+    group.add_argument(
+        "--max-source-size",
+        type=size,
+        default=size(_env("MAX_SOURCE_SIZE", str(limits.max_bytes))),
+        metavar="SIZE",
+        help="largest unpacked size of an uploaded source (default: 1G)",
+    )
+    group.add_argument(
+        "--max-source-files",
+        type=int,
+        default=int(_env("MAX_SOURCE_FILES", str(limits.max_files))),
+        metavar="N",
+        help=f"most members in an uploaded source (default: {limits.max_files})",
+    )
+    group.add_argument(
+        "--max-source-ratio",
+        type=float,
+        default=float(_env("MAX_SOURCE_RATIO", str(limits.max_ratio))),
+        metavar="R",
+        help="largest unpacked/compressed size ratio of an uploaded source past 16 MiB "
+        f"unpacked (default: {limits.max_ratio:g})",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
-        choices=("debug", "info", "warning", "error"),
+        choices=_LOG_LEVELS,
     )
     parser.add_argument(
         "--metrics-address",
@@ -135,8 +238,18 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
     parser.add_argument(
-        "--insecure", action="store_true", help="allow plain TCP on a non-loopback address"
+        "--no-fork-server",
+        action="store_true",
+        default=_env_flag("NO_FORK_SERVER"),
+        help="start every hook as a plain subprocess, never as a fork of a warm "
+        "per-environment fork server (see docs/performance.md)",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback TCP address without TLS and tokens",
+    )
+    _add_remote_options(parser)
     return parser
 
 
@@ -147,13 +260,29 @@ def _default_state_dir() -> Path:
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> Config:
-    args = _parser().parse_args(argv)
+    try:
+        parser = _parser()
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        # A BUILDD_* variable holds something that is not a number.
+        print(f"buildd-server: error: bad value in the environment: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    args = parser.parse_args(argv)
+    if args.log_level not in _LOG_LEVELS:
+        parser.error(f"--log-level {args.log_level!r}: choose from {', '.join(_LOG_LEVELS)}")
+    if args.log_format not in ("console", "json", "auto"):
+        parser.error(f"--log-format {args.log_format!r}: choose from console, json, auto")
+    if args.installer not in ("auto", "pip", "uv"):
+        parser.error(f"--installer {args.installer!r}: choose from auto, pip, uv")
     for name in ("session_ttl", "hook_timeout"):
         if getattr(args, name) <= 0:
             _parser().error(f"--{name.replace('_', '-')} must be positive")
     for name in ("max_envs_per_key", "max_envs"):
         if getattr(args, name) < 1:
             _parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.blob_cache_size < 1 or args.max_source_size < 1 or args.max_source_files < 1:
+        parser.error("--blob-cache-size, --max-source-size and --max-source-files must be positive")
+    if args.max_source_ratio < 1:
+        parser.error("--max-source-ratio must be at least 1")
     if args.grace < 0 or args.idle_timeout < 0:
         _parser().error("--grace and --idle-timeout must not be negative")
     find_links = tuple(
@@ -179,6 +308,19 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         log_level=args.log_level,
         insecure=args.insecure,
         metrics_address=args.metrics_address,
+        fork_server=not args.no_fork_server,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        token_file=args.token_file,
+        admins=tuple(args.admin),
+        allow_paths=tuple(args.allow_path),
+        blob_cache_size=args.blob_cache_size,
+        source_limits=SourceLimits(
+            max_bytes=args.max_source_size,
+            max_files=args.max_source_files,
+            max_ratio=args.max_source_ratio,
+        ),
     )
 
 
@@ -193,10 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import DaemonStartupError
 
     log = structlog.get_logger("buildd.cli")
+    daemon: Daemon | None = None
     try:
         daemon = Daemon(config)
         daemon.start()
     except (DaemonStartupError, ValueError, PermissionError) as exc:
+        if daemon is not None:
+            daemon.abandon_start()
         log.error("startup_failed", error=str(exc))
         print(f"buildd-server: {exc}", file=sys.stderr)
         return 2

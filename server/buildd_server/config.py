@@ -31,6 +31,20 @@ class InstallerOptions:
 
 
 @dataclass(frozen=True)
+class SourceLimits:
+    """Caps on what an uploaded archive may unpack to (see docs/remote.md)."""
+
+    # Sum of the members' sizes.
+    max_bytes: int = 1 << 30
+    # Members of any kind (files, folders, links).
+    max_files: int = 100_000
+    # Unpacked bytes per byte of the archive, checked once the unpacked size
+    # passes ``ratio_floor``: small archives of text compress well and are harmless.
+    max_ratio: float = 100.0
+    ratio_floor: int = 16 << 20
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of one daemon; see docs/configuration.md."""
 
@@ -53,3 +67,19 @@ class Config:
     insecure: bool = False
     # HOST:PORT for Prometheus metrics over HTTP; empty: none.
     metrics_address: str = ""
+    # TLS for a TCP address: certificate chain and key (PEM); with a client CA,
+    # clients must present a certificate it signed (mutual TLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens, one principal per line; None: no tokens.
+    token_file: Path | None = None
+    # Principals that may call Shutdown and see every session.
+    admins: tuple[str, ...] = ()
+    # Folders a remote principal may name as source or output paths.
+    allow_paths: tuple[Path, ...] = ()
+    # Uploaded sources kept in state_dir/blobs, least recently used evicted.
+    blob_cache_size: int = 2 << 30
+    source_limits: SourceLimits = field(default_factory=SourceLimits)
+    # Warm hook calls fork from a per-environment fork server (zygotes.py).
+    fork_server: bool = True

@@ -28,6 +28,8 @@ from grpc_reflection.v1alpha import reflection
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 
+from .auth import Authenticator, check_listen, server_credentials
+from .blobs import BlobStore
 from .environments import Environment, EnvironmentFactory
 from .errors import DaemonStartupError
 from .installers import select_installer
@@ -35,6 +37,7 @@ from .pool import Pool
 from .service import BuildService
 from .servicer import Servicer
 from .sessions import Session, SessionRegistry
+from .transfers import Transfers
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -67,13 +70,21 @@ class Daemon:
 
     def start(self) -> None:
         """Take the state folder, reclaim orphans, bind the address and serve."""
+        # Tokens, TLS files and the address policy are checked before anything
+        # is touched (auth.py): a daemon that would listen unprotected stops here.
+        self.auth = Authenticator.from_config(self.config)
+        self._tls = server_credentials(self.config)
+        check_listen(self.address, self.auth, self._tls is not None, self.config.insecure)
         self._take_state_dir()
         installer = select_installer(self.config.installer)
         sessions_root = self.config.state_dir / "sessions"
         sessions_root.mkdir(mode=0o700, exist_ok=True)
 
         factory = EnvironmentFactory(
-            self.config.state_dir, installer, self.config.installer_options
+            self.config.state_dir,
+            installer,
+            self.config.installer_options,
+            fork_server=self.config.fork_server,
         )
         holder: list[BuildService] = []
 
@@ -91,8 +102,19 @@ class Daemon:
         )
         self.registry = SessionRegistry(sessions_root, self.config.session_ttl, on_end)
         self.metrics = Metrics()
+        self.blobs = BlobStore(
+            self.config.state_dir / "blobs",
+            self.config.blob_cache_size,
+            self.config.source_limits,
+        )
         self.service = BuildService(
-            self.config, self.registry, self.pool, factory, installer.name, self.metrics
+            self.config,
+            self.registry,
+            self.pool,
+            factory,
+            installer.name,
+            self.metrics,
+            blobs=self.blobs,
         )
         holder.append(self.service)
         self.servicer = Servicer(
@@ -102,6 +124,8 @@ class Daemon:
             self.registry,
             self.pool,
             installer.name,
+            auth=self.auth,
+            transfers=Transfers(self.blobs, self.registry, self.metrics),
         )
 
         server = grpc.server(
@@ -113,6 +137,7 @@ class Daemon:
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
             ],
+            interceptors=[self.auth.interceptor()],
         )
         self.servicer.on_shutdown = self.request_stop
         self.metrics.watch(
@@ -125,20 +150,26 @@ class Daemon:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
+        # Everything that can refuse to start does so before the socket exists.
+        if self.config.metrics_address:
+            self._serve_metrics(self.config.metrics_address)
         self._bind(server)
         server.start()
         self._server = server
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
-        if self.config.metrics_address:
-            self._serve_metrics(self.config.metrics_address)
         log.info(
             "daemon_started",
             address=self.address.target,
             pid=os.getpid(),
             state_dir=str(self.config.state_dir),
             installer=installer.name,
+            tls=self._tls is not None,
+            client_certificates=self.config.tls_client_ca is not None,
+            principals=self.auth.principals or ["local"],
+            admins=list(self.config.admins),
+            allow_paths=[str(p) for p in self.auth.allow_paths],
         )
 
     def _serve_metrics(self, text: str) -> None:
@@ -180,16 +211,30 @@ class Daemon:
         self._lock = lock
         (state / "daemon.pid").write_text(str(os.getpid()))
         # With the lock held nobody else can be using these: they are what a
-        # crashed or killed daemon left behind.
+        # crashed or killed daemon left behind. Hooks of that daemon may still
+        # run (each in its own process group): stop them before deleting the
+        # environments they run in.
+        sessions = state / "sessions"
+        killed = _kill_processes_under(sessions)
         reclaimed = 0
-        for folder in ("sessions", "tmp"):
-            root = state / folder
-            if root.is_dir():
-                for child in root.iterdir():
-                    shutil.rmtree(child, ignore_errors=True)
-                    reclaimed += 1
-        if reclaimed:
-            log.info("orphans_reclaimed", count=reclaimed, state_dir=str(state))
+        if sessions.is_dir():
+            for child in sessions.iterdir():
+                shutil.rmtree(child, ignore_errors=True)
+                reclaimed += 1
+        if reclaimed or killed:
+            log.info(
+                "orphans_reclaimed", sessions=reclaimed, processes=killed, state_dir=str(state)
+            )
+
+    def abandon_start(self) -> None:
+        """Undo a start that failed half-way: stop serving, release the state folder."""
+        metrics: Metrics | None = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.stop()
+        if self._lock is not None and self._lock.is_locked:
+            with contextlib.suppress(FileNotFoundError):
+                (self.config.state_dir / "daemon.pid").unlink()
+            self._lock.release()
 
     def _bind(self, server: grpc.Server) -> None:
         address = self.address
@@ -216,15 +261,12 @@ class Daemon:
                 raise DaemonStartupError(f"--address: cannot listen on {path}")
             os.chmod(path, 0o600)
             return
-        if not address.is_local and not self.config.insecure:
-            raise DaemonStartupError(
-                f"--address: {address.target} is not a loopback address; serving it without "
-                "TLS and tokens is refused unless --insecure is given"
-            )
-        if not address.is_local:
-            log.warning("insecure_listen", address=address.target)
+        # Non-loopback addresses were vetted in start() (auth.check_listen).
         try:
-            port = server.add_insecure_port(address.target)
+            if self._tls is not None:
+                port = server.add_secure_port(address.target, self._tls)
+            else:
+                port = server.add_insecure_port(address.target)
         except RuntimeError as exc:
             raise DaemonStartupError(
                 f"--address: cannot listen on {address.target}: {exc}"
@@ -276,12 +318,13 @@ class Daemon:
         if not finished:
             log.info("grace_expired", cancelling=self.servicer.active_calls)
         if self._server is not None:
-            # Cancels whatever still runs: their cancel events fire and their
-            # hooks' process groups are killed.
-            self._server.stop(0).wait()
+            # A second for short calls still on the wire (the very Shutdown
+            # call that started this drain, a status); then whatever still
+            # runs is cancelled: cancel events fire, hook process groups die.
+            self._server.stop(1.0).wait()
         # Worker threads end shortly after their cancel event; wait so that no
         # environment is deleted under a hook that is still being killed.
-        self.servicer.wait_idle(10.0)
+        self.servicer.wait_workers(10.0)
         self.metrics.stop()
         self.registry.stop_reaper()
         self.registry.end_all()
@@ -295,6 +338,34 @@ class Daemon:
             self._lock.release()
         self._stopped.set()
         log.info("daemon_stopped")
+
+
+def _kill_processes_under(root: Path) -> int:
+    """SIGKILL the process group of every process running an interpreter under ``root``.
+
+    Hook processes run ``<env>/bin/python ...`` from an environment under the
+    sessions folder, so their command line names it. Linux only (``/proc``);
+    elsewhere nothing is found and nothing is killed.
+    """
+    marker = os.fsencode(str(root)) + b"/"
+    groups: set[int] = set()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            if marker in command:
+                groups.add(os.getpgid(int(entry.name)))
+        except (OSError, ProcessLookupError):
+            continue
+    groups.discard(os.getpgrp())
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    return len(groups)
 
 
 def _clear_stale_socket(path: Path) -> None:

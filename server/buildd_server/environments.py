@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import errors
+from . import errors, zygotes
 from .events import Emit, Phase
-from .hooks import TAIL_LINES, mentions_enospc, run_process
 from .installers import Installer, base_environment
+from .processes import TAIL_LINES, mentions_enospc, run_process
 
 if TYPE_CHECKING:
     import threading
@@ -51,18 +51,28 @@ class Environment:
     last_used_at: float
     fingerprint: str
     hook_calls: int = 0
+    # Whether warm hook calls may fork from a fork server (zygotes.py).
+    fork_server: bool = False
 
 
 class EnvironmentFactory:
     """Creates environments for keys; the pool calls it outside its lock."""
 
-    def __init__(self, root: Path, installer: Installer, options: InstallerOptions) -> None:
+    def __init__(
+        self,
+        root: Path,
+        installer: Installer,
+        options: InstallerOptions,
+        *,
+        fork_server: bool = True,
+    ) -> None:
         # root holds what the factory shares between environments: virtualenv's
         # app-data (its unpacked seed wheels), so that user settings of
         # virtualenv do not reach the daemon's environments.
         self.root = root
         self.installer = installer
         self.options = options
+        self.fork_server = fork_server
 
     # ------------------------------------------------------------ create --
 
@@ -105,6 +115,7 @@ class EnvironmentFactory:
                 created_at=now,
                 last_used_at=now,
                 fingerprint="",
+                fork_server=self.fork_server,
             )
             _write_metadata(env)
             env.fingerprint = site_fingerprint(site_packages)
@@ -130,6 +141,8 @@ class EnvironmentFactory:
         self, env: Environment, requirements: Sequence[str], *, emit: Emit, cancel: threading.Event
     ) -> None:
         """Add (already normalised) requirements to ``env``; it then carries the larger key."""
+        # Its backend, imported before the install, may be what the install replaces.
+        zygotes.stop(env.id, "installing")
         try:
             self._install(env.python, env.path, env.key.id, requirements, emit=emit, cancel=cancel)
             env.key = env.key.with_requirements(requirements)
@@ -161,6 +174,8 @@ class EnvironmentFactory:
             return False
 
     def destroy(self, env: Environment) -> None:
+        # First the process that runs from the folder, then the folder.
+        zygotes.stop(env.id, "destroyed")
         shutil.rmtree(env.path, ignore_errors=True)
 
     # ---------------------------------------------------------- internals --

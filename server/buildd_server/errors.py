@@ -136,5 +136,19 @@ class Unavailable(BuilddError):
     kind = pb.FAILURE_KIND_UNAVAILABLE
 
 
+class PermissionDenied(BuilddError):
+    """The caller's principal may not do this (a path outside --allow-path, an admin call)."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+    kind = pb.FAILURE_KIND_PERMISSION_DENIED
+
+
+class Unauthenticated(BuilddError):
+    """The call carries no token, or one the daemon does not know."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
+    kind = pb.FAILURE_KIND_PERMISSION_DENIED
+
+
 class DaemonStartupError(Exception):
     """The daemon cannot start (state dir locked or unwritable, address in use...)."""

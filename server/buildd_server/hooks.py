@@ -1,49 +1,36 @@
-"""Running PEP 517 hooks: one fresh subprocess per hook call (rule 4).
+"""Running PEP 517 hooks: one fresh process per hook call (rule 4).
 
-``run_process`` is the one place where the daemon starts a child: its own
-process group (so the whole tree can be killed), stdin closed, stdout and
-stderr read line by line as they come, bounded memory whatever the child
-writes, timeout and cancel enforced. ``HookRunner`` plugs it into
-pyproject_hooks; ``Hooks`` is the typed face the service calls.
+``HookRunner`` plugs processes.run_process (or, when warm, a fork of the
+environment's fork server: zygotes.py) into pyproject_hooks; ``Hooks`` is the
+typed face the service calls.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import signal
-import subprocess
-import threading
 import time
 import warnings
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import pyproject_hooks
 
-from . import errors
+from . import errors, zygotes
 from .events import Emit, Log, Phase
+from .processes import TAIL_LINES, mentions_enospc
 
 if TYPE_CHECKING:
+    import threading
+
     from .environments import Environment
     from .sources import Project
 
 ConfigSettings = Mapping[str, "str | list[str]"]
-
-TAIL_LINES = 50
-# A minified file or a progress bar without newlines must not become one huge line.
-MAX_LINE_BYTES = 8 * 1024
-CUT_MARK = " [line cut at 8 KiB]"
-# How often a waiting runner looks at the cancel event and the clock.
-_TICK = 0.1
-# After the group is killed, how long to wait for the pipes to close: only a
-# process that left the group (setsid) can hold them open past that.
-_PIPE_GRACE = 5.0
 
 # Variables of the daemon that would make a hook import the daemon's packages
 # or escape its environment.
@@ -65,157 +52,6 @@ _STRIPPED = frozenset(
 warnings.filterwarnings("ignore", category=pyproject_hooks.BuildBackendWarning)
 
 
-@dataclass(frozen=True)
-class ProcessResult:
-    returncode: int
-    last_lines: tuple[str, ...]
-
-
-def run_process(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    label: str,
-    hook: str,
-    emit: Emit,
-    cancel: threading.Event,
-    timeout: float | None = None,
-    cwd: str | None = None,
-    quiet: bool = False,
-) -> ProcessResult:
-    """Run ``argv`` to completion and return its exit code and last lines.
-
-    ``label`` names the process in error messages, ``hook`` tags its Log
-    events. Raises errors.Timeout / errors.Cancelled after killing the
-    process group; OSError when the process cannot be started.
-    """
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    tail_lock = threading.Lock()
-    # Separate, so that an emit blocked on a slow client never holds up the
-    # end of the call, which needs only the tail.
-    emit_lock = threading.Lock()
-    finished = threading.Event()
-    listening = not quiet
-
-    def on_line(stream: Literal["stdout", "stderr"], text: str) -> None:
-        nonlocal listening
-        with tail_lock:
-            if finished.is_set():
-                return
-            tail.append(text)
-        with emit_lock:  # both pipes' readers call it; emit need not be thread-safe
-            if not listening or finished.is_set():
-                return
-            try:
-                emit(Log(stream=stream, text=text, hook=hook))
-            except Exception:
-                # A reader that died here would stop draining the pipe and
-                # block the child: keep reading, stop forwarding.
-                listening = False
-
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = [
-        threading.Thread(target=_pump, args=(pipe, name, on_line), daemon=True)
-        for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
-    ]
-    exited = threading.Event()
-    waiter = threading.Thread(target=_wait_exit, args=(proc, exited), daemon=True)
-    for thread in (*readers, waiter):
-        thread.start()
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    reason: Literal["timeout", "cancel"] | None = None
-    try:
-        while not exited.wait(_tick(deadline)):
-            if cancel.is_set():
-                reason = "cancel"
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                reason = "timeout"
-                break
-    finally:
-        # Always: on timeout or cancel this stops the work; after a normal exit
-        # it removes what the child left running (daemons, sleep loops), which
-        # would otherwise outlive the call and keep the pipes open.
-        _kill_group(proc.pid)
-        exited.wait()
-        returncode = proc.wait()
-        for thread in readers:
-            thread.join(_PIPE_GRACE)
-        with tail_lock:
-            finished.set()
-            lines = tuple(tail)
-        # Each reader closes its own pipe at EOF: closing it here could block
-        # on a reader still stuck behind a process that left the group.
-
-    if reason == "timeout":
-        raise errors.Timeout(
-            f"{label} ran past its timeout of {timeout:g} s; its process group was killed",
-            hook=hook,
-            last_lines=lines,
-        )
-    if reason == "cancel":
-        raise errors.Cancelled(
-            f"{label} was cancelled; its process group was killed", hook=hook, last_lines=lines
-        )
-    return ProcessResult(returncode, lines)
-
-
-def _tick(deadline: float | None) -> float:
-    if deadline is None:
-        return _TICK
-    return max(0.0, min(_TICK, deadline - time.monotonic()))
-
-
-def _wait_exit(proc: subprocess.Popen[bytes], exited: threading.Event) -> None:
-    try:
-        if hasattr(os, "waitid"):
-            # WNOWAIT leaves the child a zombie: its pid (which is also the
-            # group id) cannot be reused before _kill_group has run.
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        else:  # pragma: no cover - platforms without waitid
-            proc.wait()
-    except ChildProcessError:
-        pass
-    finally:
-        exited.set()
-
-
-def _kill_group(pgid: int) -> None:
-    # Nothing left in the group raises (PermissionError: macOS, zombies only).
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _pump(
-    pipe: IO[bytes],
-    stream: Literal["stdout", "stderr"],
-    on_line: Callable[[Literal["stdout", "stderr"], str], None],
-) -> None:
-    cutting = False
-    with pipe:
-        for chunk in iter(lambda: pipe.readline(MAX_LINE_BYTES), b""):
-            complete = chunk.endswith(b"\n")
-            if cutting:
-                # The rest of an over-long line: drop it up to its newline.
-                cutting = not complete
-                continue
-            text = chunk.rstrip(b"\r\n").decode("utf-8", "replace")
-            if not complete and len(chunk) >= MAX_LINE_BYTES:
-                cutting = True
-                text += CUT_MARK
-            on_line(stream, text)
-
-
 def hook_environment(env_path: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The daemon's environment, minus what would leak into the hook, plus the venv's."""
     environ = {name: value for name, value in os.environ.items() if name not in _STRIPPED}
@@ -232,7 +68,11 @@ def hook_environment(env_path: Path, extra: Mapping[str, str] | None = None) -> 
 
 @dataclass(kw_only=True)
 class HookRunner:
-    """A pyproject_hooks subprocess runner: one call, one process group."""
+    """A pyproject_hooks subprocess runner: one call, one fresh process and its group.
+
+    The process is a plain subprocess, or a fork of the environment's fork
+    server when zygotes.py finds one usable: either way the same watching.
+    """
 
     env: Environment
     backend: str
@@ -254,9 +94,10 @@ class HookRunner:
             raise errors.Cancelled(f"{label} was cancelled before it started", hook=hook)
         self.env.hook_calls += 1
         try:
-            result = run_process(
+            result = zygotes.REGISTRY.run(
+                self.env,
                 cmd,
-                env=hook_environment(self.env.path, extra_environ),
+                environ=hook_environment(self.env.path, extra_environ),
                 cwd=cwd,
                 label=label,
                 hook=hook,
@@ -299,11 +140,6 @@ class HookRunner:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             # Best effort: pyproject_hooks itself reports a missing or bad output.json.
             return
-
-
-def mentions_enospc(line: str) -> bool:
-    """Whether an output line reports a full disk (Python, pip, uv and Rust spellings)."""
-    return "No space left on device" in line or "os error 28" in line or "Errno 28" in line
 
 
 def _signal_name(number: int) -> str:

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+import structlog
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -43,7 +44,7 @@ T = TypeVar("T")
 # (owner, key): the unit of max_per_key and of single-flight creation.
 Slot = tuple[str, K]
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger("buildd.pool")
 
 # Waiters poll cancel events and the (possibly fake) clock at least this often.
 _SLICE = 0.05
@@ -573,12 +574,12 @@ class Pool(Generic[K, T]):
         try:
             self._destroy(instance)
         except Exception:
-            _log.exception("destroying %r failed", instance)
+            _log.exception("destroy_failed", instance=repr(instance))
 
     def _validate_quietly(self, instance: T) -> bool:
         # A validator that crashes says the state is unknown: discard (rule 5).
         try:
             return bool(self._validate(instance))
         except Exception:
-            _log.exception("validating %r failed; discarding it", instance)
+            _log.exception("validate_failed", instance=repr(instance))
             return False

@@ -23,12 +23,15 @@ class Request:
     """What every hook-running request carries, already decoded from the wire."""
 
     session_id: str
+    # An absolute daemon path, or "sha256:<hex>" of an uploaded archive.
     source: str
     python: str = ""
     config_settings: Mapping[str, str | list[str]] = field(default_factory=dict)
     quiet: bool = False
     # Absolute time.monotonic() deadline, or None for none.
     deadline: float | None = None
+    # The caller's principal: the session must be theirs. None: not checked.
+    principal: str | None = None
 
 
 @dataclass

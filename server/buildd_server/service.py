@@ -23,6 +23,7 @@ import structlog
 
 from . import errors
 from .artifacts import publish
+from .blobs import BlobStore, is_digest, unpack_upload
 from .events import Emit, Phase
 from .interpreters import resolve_interpreter
 from .keys import make_key, normalize_requirements
@@ -39,7 +40,7 @@ from .requests import (
     drop_logs,
     settings_id,
 )
-from .sources import Project, is_sdist, load_project, unpack_sdist
+from .sources import is_sdist, load_project, unpack_sdist
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -76,9 +77,12 @@ class BuildService:
         factory: EnvironmentFactory,
         installer_name: str,
         metrics: Metrics | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self._config = config
         self.metrics = metrics or Metrics()
+        # Uploaded sources (digest sources); None: this service takes none.
+        self._blobs = blobs
         self._registry = registry
         self._pool = pool
         self._factory = factory
@@ -143,7 +147,11 @@ class BuildService:
             raise errors.InvalidRequest(f"distributions: {list(dists)} names one kind twice")
 
         def work(ctx: RequestContext) -> list[ArtifactOutcome]:
-            outdir = self._output_directory(output_directory, ctx.project)
+            if is_digest(ctx.request.source) and not output_directory:
+                # Uploaded: a session-owned folder, fetched with DownloadArtifact.
+                outdir = self._work_dir(ctx.session) / "artifacts"
+            else:
+                outdir = self._output_directory(output_directory, Path(ctx.request.source))
             results: list[ArtifactOutcome] = []
             sdist_path: Path | None = None
             for dist in dists:
@@ -156,6 +164,8 @@ class BuildService:
                 results.append(artifact)
                 if dist == "sdist":
                     sdist_path = artifact.path
+            with ctx.session.lock:  # what DownloadArtifact may serve
+                ctx.session.artifacts.update((str(a.path), (a.size, a.sha256)) for a in results)
             return results
 
         return self._run(request, emit, cancel, work)
@@ -195,11 +205,27 @@ class BuildService:
     def destroy_environment(self, env: Environment) -> None:
         """The pool's destroy callback.
 
-        The session folder is not touched here: an ended session's folder is
-        removed by whoever finishes last, the end itself or its last request
-        (whose lease is released, and so destroyed, before it finishes).
+        An ended session's folder is removed by whoever finishes last: the end
+        itself, its last request (whose lease is released, and so destroyed,
+        before it finishes), or this: an idle instance evicted for another
+        session's creation may still be being deleted, by that other
+        session's request, when its own session ends.
         """
         self._factory.destroy(env)
+        session_dir = env.path.parent.parent
+        if session_dir.parent != self._config.state_dir / "sessions" or any(
+            session.directory == session_dir for session in self._registry.all()
+        ):
+            return
+        # Only empty folders go: a request of the ended session still running
+        # keeps its work/ (and so the session folder) until it finishes.
+        for folder in (session_dir / "envs", session_dir):
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
 
     # ------------------------------------------------------------ internals --
 
@@ -212,7 +238,7 @@ class BuildService:
     ) -> T:
         if self.draining:
             raise errors.Unavailable("the daemon is shutting down and takes no new requests")
-        with self._registry.using(request.session_id) as session:
+        with self._registry.using(request.session_id, principal=request.principal) as session:
             return self._run_in(session, request, emit, cancel, work)
 
     def _run_in(
@@ -278,6 +304,8 @@ class BuildService:
         )
 
     def _project_root(self, source: str, session: Session, state: SourceState) -> Path:
+        if is_digest(source):
+            return unpack_upload(self._blobs, source, self._work_dir(session), state)
         path = Path(source)
         if not path.is_absolute():
             raise errors.InvalidRequest(f"source.path: {source!r} is not an absolute path")
@@ -434,9 +462,11 @@ class BuildService:
             self._forget_source(ctx.session.id, source_id)
             shutil.rmtree(unpack_root, ignore_errors=True)
 
-    def _output_directory(self, requested: str, project: Project) -> Path:
+    def _output_directory(self, requested: str, source: Path) -> Path:
         if not requested:
-            return project.root / "dist"
+            # <source>/dist for a tree; for an sdist, the folder it lies in
+            # (its unpacked tree is the session's and goes away with it).
+            return source.parent if is_sdist(source) else source / "dist"
         path = Path(requested)
         if not path.is_absolute():
             raise errors.InvalidRequest(f"output_directory: {requested!r} is not an absolute path")

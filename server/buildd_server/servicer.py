@@ -24,6 +24,8 @@ from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
 
 from . import errors
+from .auth import Authenticator, Principal
+from .blobs import parse_digest
 from .events import Event, Log, Phase
 from .service import ArtifactOutcome, BuildService, Dist, MetadataOutcome, Request, RequiresOutcome
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from .keys import EnvKey
     from .pool import Pool
     from .sessions import SessionRegistry
+    from .transfers import Transfers
 
 log = structlog.get_logger("buildd.servicer")
 T = TypeVar("T")
@@ -79,15 +82,23 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         registry: SessionRegistry,
         pool: Pool[EnvKey, Environment],
         installer_name: str,
+        auth: Authenticator | None = None,
+        transfers: Transfers | None = None,
     ) -> None:
         self._config = config
+        # Who calls (auth.py) and uploads/downloads (transfers.py).
+        self._auth = auth or Authenticator()
+        self._transfers = transfers
         self._address = address
         self._service = service
         self._registry = registry
         self._pool = pool
         self._installer_name = installer_name
         self._started_at = time.time()
+        # Long-call RPCs not yet over, and worker threads still running
+        # (a worker outlives its RPC briefly while its hook is being killed).
         self.active_calls = 0
+        self.workers = 0
         self._calls = threading.Condition()
         # Set by the daemon: begins a drain (the Shutdown RPC).
         self.on_shutdown: Callable[[float], None] | None = None
@@ -97,17 +108,28 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         with self._calls:
             return self._calls.wait_for(lambda: self.active_calls == 0, timeout=timeout)
 
+    def wait_workers(self, timeout: float) -> bool:
+        """Wait until every worker thread has ended; False when ``timeout`` passed first."""
+        with self._calls:
+            return self._calls.wait_for(lambda: self.workers == 0, timeout=timeout)
+
     # ------------------------------------------------------------ sessions --
 
     def OpenSession(
         self, request: pb.OpenSessionRequest, context: grpc.ServicerContext
     ) -> pb.SessionInfo:
         def run() -> pb.SessionInfo:
+            who = self._who(context)
             if self._service.draining:
                 raise errors.Unavailable("the daemon is shutting down and opens no sessions")
-            session = self._registry.open(request.client_name[:200])
-            log.info("session_opened", session=session.id[:8], client=request.client_name[:200])
-            return self._session_info(session.id, session.created_at)
+            session = self._registry.open(request.client_name[:200], principal=who.name)
+            log.info(
+                "session_opened",
+                session=session.id[:8],
+                client=request.client_name[:200],
+                principal=who.name,
+            )
+            return self._session_info(session.id, session.created_at, who.name)
 
         return self._unary(context, run)
 
@@ -115,8 +137,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.JoinSessionRequest, context: grpc.ServicerContext
     ) -> pb.SessionInfo:
         def run() -> pb.SessionInfo:
-            session = self._registry.get(request.session_id)
-            return self._session_info(session.id, session.created_at)
+            who = self._who(context)
+            session = self._registry.get(request.session_id, principal=who.name)
+            return self._session_info(session.id, session.created_at, who.name)
 
         return self._unary(context, run)
 
@@ -128,7 +151,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         interval = request.interval_seconds or min(30.0, self._config.session_ttl / 3)
         interval = max(0.05, interval)
         try:
-            holder = self._registry.keepalive(request.session_id)
+            who = self._who(context)
+            holder = self._registry.keepalive(request.session_id, principal=who.name)
             holder.__enter__()
         except errors.BuilddError as exc:
             context.abort(exc.status, exc.message)
@@ -143,8 +167,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.CloseSessionRequest, context: grpc.ServicerContext
     ) -> pb.CloseSessionResponse:
         def run() -> pb.CloseSessionResponse:
-            session = self._registry.get(request.session_id)
-            self._registry.close(session.id)
+            session = self._registry.close(request.session_id, principal=self._who(context).name)
             deleted, pending = self._service.last_end_counts(session.id)
             return pb.CloseSessionResponse(
                 environments_deleted=deleted, environments_pending=pending
@@ -225,7 +248,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 )
             )
 
-        return self._stream(request.context, context, "build", run)
+        outdir = (("output_directory", request.output_directory),)
+        return self._stream(request.context, context, "build", run, outdir)
 
     # --------------------------------------------------------------- status --
 
@@ -233,7 +257,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.StatusResponse:
         def run() -> pb.StatusResponse:
-            return self._status(request.session_id)
+            return self._status(request.session_id, self._who(context))
 
         return self._unary(context, run)
 
@@ -241,8 +265,14 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.ShutdownRequest, context: grpc.ServicerContext
     ) -> pb.ShutdownResponse:
         def run() -> pb.ShutdownResponse:
+            who = self._who(context)
+            if self._auth.tokens_configured and not who.admin:
+                raise errors.PermissionDenied(
+                    f"Shutdown: principal {who.name!r} is not an admin of this daemon (--admin)"
+                )
             if request.grace_seconds < 0:
                 raise errors.InvalidRequest(f"grace_seconds: {request.grace_seconds} is negative")
+            log.info("shutdown_requested", principal=who.name)
             active = self.active_calls
             if self.on_shutdown is None:
                 raise errors.Unavailable("this daemon cannot be stopped over the wire")
@@ -251,8 +281,48 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
         return self._unary(context, run)
 
-    def _status(self, only: str) -> pb.StatusResponse:
-        sessions = [self._registry.get(only)] if only else self._registry.all()
+    # ------------------------------------------------- uploads, downloads --
+
+    def FindMissingBlobs(
+        self, request: pb.FindMissingBlobsRequest, context: grpc.ServicerContext
+    ) -> pb.FindMissingBlobsResponse:
+        return self._unary(
+            context, lambda: self._transfers_for().find_missing(request, self._who(context))
+        )
+
+    def UploadBlob(
+        self, request_iterator: Iterator[pb.UploadBlobRequest], context: grpc.ServicerContext
+    ) -> pb.UploadBlobResponse:
+        return self._unary(
+            context, lambda: self._transfers_for().upload(request_iterator, self._who(context))
+        )
+
+    def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadArtifactResponse]:
+        try:
+            yield from self._transfers_for().download(request, self._who(context))
+        except errors.BuilddError as exc:
+            log.info("request_failed", error=type(exc).__name__, message=exc.message)
+            self._count_error(exc.status)
+            context.abort(exc.status, exc.message)
+
+    def _transfers_for(self) -> Transfers:
+        if self._service.draining:
+            raise errors.Unavailable("the daemon is shutting down and takes no transfers")
+        if self._transfers is None:
+            raise errors.Unavailable("this daemon keeps no blob cache: uploads are off")
+        return self._transfers
+
+    def _who(self, context: grpc.ServicerContext) -> Principal:
+        return self._auth.principal(context)
+
+    def _status(self, only: str, who: Principal) -> pb.StatusResponse:
+        # Admins see every session; everyone else only their own (auth.py).
+        scope = None if who.admin else who.name
+        sessions = (
+            [self._registry.peek(only, principal=scope)] if only else self._registry.all(scope)
+        )
         entries = self._pool.snapshot()
         response = pb.StatusResponse(
             daemon=pb.DaemonInfo(
@@ -265,7 +335,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 max_envs=self._config.max_envs,
                 max_envs_per_key=self._config.max_envs_per_key,
                 draining=self._service.draining,
-            )
+            ),
+            principal=who.name,
+            admin=who.admin,
         )
         for session in sessions:
             status = response.sessions.add(
@@ -274,6 +346,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 created_at=session.created_at,
                 last_active_at=time.time() - (time.monotonic() - session.last_active),
                 keepalives=session.keepalives,
+                principal=session.principal,
             )
             for entry in entries:
                 if entry.owner != session.id:
@@ -300,9 +373,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
     # ------------------------------------------------------------ plumbing --
 
-    def _session_info(self, session_id: str, created_at: float) -> pb.SessionInfo:
+    def _session_info(self, session_id: str, created_at: float, principal: str) -> pb.SessionInfo:
         return pb.SessionInfo(
-            session_id=session_id, ttl_seconds=self._config.session_ttl, created_at=created_at
+            session_id=session_id,
+            ttl_seconds=self._config.session_ttl,
+            created_at=created_at,
+            principal=principal,
         )
 
     def _unary(self, context: grpc.ServicerContext, run: Callable[[], T]) -> T:
@@ -326,10 +402,23 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         context: grpc.ServicerContext,
         name: str,
         run: Callable[[Request, Callable[[Event], None], threading.Event], pb.Result],
+        paths: tuple[tuple[str, str], ...] = (),
     ) -> Iterator[pb.Event]:
         started = time.monotonic()
         cancel = threading.Event()
-        context.add_callback(cancel.set)
+        with self._calls:
+            self.active_calls += 1
+
+        def done() -> None:
+            # Runs once when the RPC is over, final status sent or cancelled:
+            # that is what a drain waits for, not the worker's end.
+            cancel.set()
+            with self._calls:
+                self.active_calls -= 1
+                self._calls.notify_all()
+
+        if not context.add_callback(done):
+            done()
         events: queue.Queue[pb.Event | _End] = queue.Queue(maxsize=_QUEUE_SIZE)
 
         def put(item: pb.Event | _End) -> None:
@@ -345,7 +434,11 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
         remaining = context.time_remaining()
         try:
-            request = _decode(wire, None if remaining is None else started + remaining)
+            who = self._who(context)
+            request = _decode(wire, None if remaining is None else started + remaining, who.name)
+            # A remote principal names daemon paths only under --allow-path.
+            for field, path in (("context.source.path", wire.source.path), *paths):
+                self._auth.check_path(who, path, field)
         except errors.BuilddError as exc:
             self._count_error(exc.status)
             yield pb.Event(failure=_failure(exc))
@@ -359,7 +452,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 request=request_id, call=name, session=request.session_id[:8]
             )
             with self._calls:
-                self.active_calls += 1
+                self.workers += 1
             try:
                 put(_End(value=run(request, emit, cancel)))
             except errors.BuilddError as exc:
@@ -369,7 +462,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 put(_End(error=errors.BuilddError(f"internal error in {name}: {exc!r}")))
             finally:
                 with self._calls:
-                    self.active_calls -= 1
+                    self.workers -= 1
                     self._calls.notify_all()
 
         threading.Thread(target=work, name=f"buildd-{name}", daemon=True).start()
@@ -403,9 +496,14 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             context.abort(error.status, error.message)
 
 
-def _decode(wire: pb.BuildContext, deadline: float | None) -> Request:
-    if not wire.HasField("source") or not wire.source.path:
-        raise errors.InvalidRequest("context.source.path: a source path is required")
+def _decode(wire: pb.BuildContext, deadline: float | None, principal: str) -> Request:
+    where = wire.source.WhichOneof("location") if wire.HasField("source") else None
+    if where == "digest":
+        parse_digest(wire.source.digest, "context.source.digest")
+    elif not wire.source.path:
+        raise errors.InvalidRequest(
+            "context.source: a source path or the digest of an uploaded archive is required"
+        )
     if len(wire.config_settings) > _MAX_SETTINGS:
         raise errors.InvalidRequest(
             f"context.config_settings: {len(wire.config_settings)} entries, at most "
@@ -434,7 +532,8 @@ def _decode(wire: pb.BuildContext, deadline: float | None) -> Request:
             settings[item.key] = merged + values
     return Request(
         session_id=wire.session_id,
-        source=wire.source.path,
+        source=wire.source.digest if where == "digest" else wire.source.path,
+        principal=principal,
         python=wire.python,
         config_settings=settings,
         quiet=wire.quiet,

@@ -6,12 +6,16 @@ last hold goes away its idle clock starts again. Ending calls ``on_end``
 exactly once, never under the registry lock, because ending drops the
 session's pool owner and deletes its directory: slow work that must not stall
 every other request's ``get``.
+
+A session belongs to the principal that opened it. Every lookup made for a
+caller passes the caller's principal, and a session of another principal is
+answered exactly like an unknown id (NOT_FOUND, same message), so that ids,
+states and even the existence of other principals' sessions never leak.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import secrets
 import threading
@@ -20,13 +24,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+import structlog
+
 from buildd_server import errors
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger("buildd.sessions")
 
 # token_urlsafe(24) gives 32 characters; accept a range so ids stay opaque.
 _ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -65,6 +71,11 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Per-source state of the service (affinity, prepared metadata), keyed by source.
     sources: dict[str, object] = field(default_factory=dict, repr=False)
+    # Who opened it: only this principal may use it (see auth.py).
+    principal: str = "local"
+    # Artifacts built in the session, path -> (size, sha256); guarded by ``lock``.
+    # Only these can be downloaded (DownloadArtifact).
+    artifacts: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False)
 
 
 class SessionRegistry:
@@ -83,7 +94,8 @@ class SessionRegistry:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
-        self._ended: OrderedDict[str, EndReason] = OrderedDict()
+        # id -> (why it ended, its principal)
+        self._ended: OrderedDict[str, tuple[EndReason, str]] = OrderedDict()
         self._closed = False
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -92,8 +104,8 @@ class SessionRegistry:
     def ttl(self) -> float:
         return self._ttl
 
-    def open(self, client_name: str) -> Session:
-        """Start a session with an unguessable id and a private directory (0700)."""
+    def open(self, client_name: str, principal: str = "local") -> Session:
+        """Start a session of ``principal`` with an unguessable id and a private directory."""
         session_id = secrets.token_urlsafe(24)
         directory = self._root / session_id
         self._root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +114,7 @@ class SessionRegistry:
         directory.chmod(0o700)
         now = self._clock()
         wall = time.time()
-        session = Session(session_id, client_name, directory, wall, now, wall)
+        session = Session(session_id, client_name, directory, wall, now, wall, principal=principal)
         with self._lock:
             if self._closed:
                 closed = True
@@ -114,35 +126,40 @@ class SessionRegistry:
             raise errors.Unavailable("the daemon is shutting down and opens no new session")
         return session
 
-    def get(self, session_id: str) -> Session:
-        """The live session with this id; counts as activity."""
+    def get(self, session_id: str, principal: str | None = None) -> Session:
+        """The live session with this id (of ``principal``, when given); counts as activity."""
         with self._lock:
-            session = self._lookup(session_id)
+            session = self._lookup(session_id, principal)
             self._touch(session)
             return session
+
+    def peek(self, session_id: str, principal: str | None = None) -> Session:
+        """The live session with this id, without counting as activity (for status)."""
+        with self._lock:
+            return self._lookup(session_id, principal)
 
     def touch(self, session: Session) -> None:
         """Restart the idle clock (a request used the session)."""
         with self._lock:
             self._touch(session)
 
-    def close(self, session_id: str) -> Session:
+    def close(self, session_id: str, principal: str | None = None) -> Session:
         """End the session now; ``on_end`` has run when this returns."""
         with self._lock:
-            session = self._lookup(session_id)
+            session = self._lookup(session_id, principal)
             self._detach(session, "closed")
         self._on_end(session)
         return session
 
     @contextlib.contextmanager
-    def keepalive(self, session_id: str) -> Iterator[Session]:
+    def keepalive(self, session_id: str, principal: str | None = None) -> Iterator[Session]:
         """Hold the session open for the duration of the block.
 
         Use it for KeepAlive streams and around every request, so a build that
         runs longer than the TTL cannot see its session expire under it.
         """
         with self._lock:
-            session = self._lookup(session_id)
+            session = self._lookup(session_id, principal)
             self._touch(session)
             session.keepalives += 1
         try:
@@ -153,13 +170,13 @@ class SessionRegistry:
                 self._touch(session)
 
     @contextlib.contextmanager
-    def using(self, session_id: str) -> Iterator[Session]:
+    def using(self, session_id: str, principal: str | None = None) -> Iterator[Session]:
         """Hold the session for one request: a build longer than the TTL keeps it.
 
         Unlike ``keepalive`` this is not shown as a KeepAlive stream in status.
         """
         with self._lock:
-            session = self._lookup(session_id)
+            session = self._lookup(session_id, principal)
             self._touch(session)
             session.in_flight += 1
         try:
@@ -193,9 +210,12 @@ class SessionRegistry:
         self._end_all_quietly(sessions)
         return sessions
 
-    def all(self) -> list[Session]:
+    def all(self, principal: str | None = None) -> list[Session]:
+        """Every live session, or only those of ``principal``."""
         with self._lock:
-            return list(self._sessions.values())
+            return [
+                s for s in self._sessions.values() if principal is None or s.principal == principal
+            ]
 
     def __len__(self) -> int:
         with self._lock:
@@ -227,10 +247,10 @@ class SessionRegistry:
                 self.expire_idle()
             except Exception:
                 # The reaper must outlive any one failure, or sessions never expire.
-                _log.exception("expiring idle sessions failed")
+                _log.exception("expiry_failed")
 
-    def _lookup(self, session_id: str) -> Session:
-        """Lock held."""
+    def _lookup(self, session_id: str, principal: str | None = None) -> Session:
+        """Lock held. Another principal's session is reported as unknown."""
         if not session_id:
             raise errors.SessionNotFound("session id is empty")
         if not _ID.fullmatch(session_id):
@@ -239,10 +259,11 @@ class SessionRegistry:
                 "expected 16 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
             )
         session = self._sessions.get(session_id)
-        if session is not None:
+        if session is not None and principal in (None, session.principal):
             return session
-        reason = self._ended.get(session_id)
-        if reason is not None:
+        ended = self._ended.get(session_id) if session is None else None
+        if ended is not None and principal in (None, ended[1]):
+            reason = ended[0]
             how = {"closed": "was closed", "expired": "expired", "shutdown": "ended at shutdown"}
             raise errors.SessionNotFound(f"session {_show(session_id)} has ended: {how[reason]}")
         raise errors.SessionNotFound(f"session {_show(session_id)} is unknown to this daemon")
@@ -258,7 +279,7 @@ class SessionRegistry:
         session.ended = True
         session.end_reason = reason
         del self._sessions[session.id]
-        self._ended[session.id] = reason
+        self._ended[session.id] = (reason, session.principal)
         while len(self._ended) > _ENDED_MEMORY:
             self._ended.popitem(last=False)
 
@@ -268,4 +289,4 @@ class SessionRegistry:
             try:
                 self._on_end(session)
             except Exception:
-                _log.exception("ending session %s failed", session.id)
+                _log.exception("session_end_failed", session=session.id[:8])

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.requirements import InvalidRequirement, Requirement
 
@@ -26,6 +27,9 @@ from buildd_server.errors import (
     SourceNotFound,
     SourceUnreadable,
 )
+
+if TYPE_CHECKING:
+    from buildd_server.config import SourceLimits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -191,14 +195,19 @@ def is_sdist(path: Path) -> bool:
     return path.name.endswith(".tar.gz") and path.is_file()
 
 
-def unpack_sdist(sdist: Path, dest: Path) -> Path:
+def unpack_sdist(
+    sdist: Path, dest: Path, *, label: str = "", limits: SourceLimits | None = None
+) -> Path:
     """Extract ``sdist`` under ``dest`` and return its single top-level directory.
 
     Every member is checked before anything is written: no absolute names, no
     ``..``, no links resolving outside the tree, nothing but files, folders and
     links; then tarfile's data filter, where present, checks again on disk.
+    ``label`` names the archive in errors (default: its path). With ``limits``
+    (uploads), the member headers are read one by one and reading stops at the
+    first member past a cap, before its data is decompressed.
     """
-    where = str(sdist)
+    where = label or str(sdist)
     broken = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
     try:
         archive = tarfile.open(sdist, "r:gz")  # noqa: SIM115 - closed by the with below
@@ -207,22 +216,24 @@ def unpack_sdist(sdist: Path, dest: Path) -> Path:
     except FileNotFoundError as exc:
         raise SourceNotFound(f"{sdist}: does not exist", path=where) from exc
     except broken as exc:
-        raise InvalidProject(f"{sdist}: not a valid .tar.gz sdist: {exc}", path=where) from exc
+        raise InvalidProject(f"{where}: not a valid .tar.gz sdist: {exc}", path=where) from exc
     # Errors while extracting may leave part of the tree in dest: the caller
     # owns dest and removes it.
     with archive:
         try:
+            if limits is not None:
+                _check_limits(archive, sdist.stat().st_size, limits, where)
             members = archive.getmembers()
-            top = _check_members(sdist, members)
+            top = _check_members(where, members)
             dest.mkdir(parents=True, exist_ok=True)
             if _HAS_DATA_FILTER:
                 archive.extractall(dest, filter="data")
             else:
                 archive.extractall(dest, members=[_tame(m) for m in members])
         except _FILTER_ERRORS as exc:
-            raise InvalidProject(f"{sdist}: member refused: {exc}", path=where) from exc
+            raise InvalidProject(f"{where}: member refused: {exc}", path=where) from exc
         except broken as exc:
-            raise InvalidProject(f"{sdist}: not a valid .tar.gz sdist: {exc}", path=where) from exc
+            raise InvalidProject(f"{where}: not a valid .tar.gz sdist: {exc}", path=where) from exc
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise ResourceExhausted(f"{dest}: no space left unpacking {sdist}") from exc
@@ -230,11 +241,36 @@ def unpack_sdist(sdist: Path, dest: Path) -> Path:
     return dest / top
 
 
-def _check_members(sdist: Path, members: list[tarfile.TarInfo]) -> str:
-    where = str(sdist)
+def _check_limits(
+    archive: tarfile.TarFile, compressed: int, limits: SourceLimits, where: str
+) -> None:
+    """Walk the member headers lazily; refuse at the first one past a cap."""
+    total = 0
+    for count, member in enumerate(archive, 1):
+        if count > limits.max_files:
+            raise _refuse(where, member, f"more than {limits.max_files} members")
+        if member.isfile():
+            total += member.size
+        if total > limits.max_bytes:
+            raise _refuse(
+                where, member, f"the archive unpacks to more than {limits.max_bytes} bytes"
+            )
+        if total > limits.ratio_floor and total > limits.max_ratio * compressed:
+            raise _refuse(
+                where,
+                member,
+                f"the archive unpacks to more than {limits.max_ratio:g} times its "
+                f"{compressed} bytes (compression bomb?)",
+            )
 
+
+def _refuse(where: str, member: tarfile.TarInfo, why: str) -> InvalidProject:
+    return InvalidProject(f"{where}: member {member.name!r}: {why}", path=where)
+
+
+def _check_members(where: str, members: list[tarfile.TarInfo]) -> str:
     def refuse(member: tarfile.TarInfo, why: str) -> InvalidProject:
-        return InvalidProject(f"{sdist}: member {member.name!r}: {why}", path=where)
+        return _refuse(where, member, why)
 
     links: dict[tuple[str, ...], str] = {}
     tops: set[str] = set()
@@ -248,7 +284,7 @@ def _check_members(sdist: Path, members: list[tarfile.TarInfo]) -> str:
             raise refuse(member, "not a regular file, directory or link (device or fifo)")
         if len(parts) == 1 and not member.isdir():
             raise InvalidProject(
-                f"{sdist}: expected one top-level directory, {member.name!r} is not one",
+                f"{where}: expected one top-level directory, {member.name!r} is not one",
                 path=where,
             )
         if member.issym():
@@ -256,7 +292,7 @@ def _check_members(sdist: Path, members: list[tarfile.TarInfo]) -> str:
         tops.update(parts[:1])
     if len(tops) != 1:
         raise InvalidProject(
-            f"{sdist}: expected one top-level directory, found {sorted(tops)}", path=where
+            f"{where}: expected one top-level directory, found {sorted(tops)}", path=where
         )
     top = tops.pop()
 

@@ -106,7 +106,11 @@ def test_sdist_file_as_source(client: Client, tmp_path: Path) -> None:
         .artifacts
     )
     assert Path(wheel.path).name.startswith("demo_flit-4.0-")
+    # Without an output folder, the wheel goes next to the sdist it came from.
+    [beside] = session.build(sdist.path, distributions=("wheel",)).result().artifacts
+    assert Path(beside.path).parent == Path(sdist.path).parent
     session.close()
+    assert Path(beside.path).is_file()
 
 
 def test_config_settings_reach_the_backend(client: Client, tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,9 +18,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from buildd_client import Client, RequestFailed
 from support.daemon import DaemonProcess, short_tempdir
 from support.projects import probe_project, read_probe_log, setuptools_project
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +151,39 @@ def test_unwritable_state_dir_is_refused(wheelhouse: Path) -> None:
     assert completed.returncode == 2
     assert str(process.state_dir) in completed.stderr
     process.cleanup()
+
+
+def test_restart_after_sigkill_stops_hooks_left_running(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    process = make_daemon()
+    source = probe_project(tmp_path / "hang", tmp_path / "probe.log", hold=300)
+    with Client(process.address, autostart=False) as client:
+        session = client.open_session("orphan-hook")
+        call = session.metadata(str(source))
+        hook_pid = 0
+        for event in call:
+            if event.HasField("log") and "starting in" in event.log.text:
+                hook_pid = int(event.log.text.rsplit(" ", 1)[1])
+                break
+        assert hook_pid
+        process.stop(signal.SIGKILL)
+        call.cancel()
+    # The hook runs in its own process group, so it outlived the daemon...
+    assert _alive(hook_pid)
+    # ...until the next daemon on that state folder reclaims the orphans.
+    make_daemon(root=process.root)
+    deadline = time.monotonic() + 10
+    while _alive(hook_pid):
+        assert time.monotonic() < deadline, f"hook {hook_pid} still runs"
+        time.sleep(0.05)
+    assert _leftovers(process.state_dir) == []
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a killed process that nobody reaped yet is a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -204,8 +204,6 @@ def test_cancelled_calls_give_their_server_threads_back(
                 if event.HasField("log") and "starting" in event.log.text:
                     break
             call.cancel()
-        _wait_until(
-            lambda: _threads(process.pid) <= baseline + 2, "the server threads to return"
-        )
+        _wait_until(lambda: _threads(process.pid) <= baseline + 2, "the server threads to return")
         session.metadata(str(warm)).result()
         session.close()

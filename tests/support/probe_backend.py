@@ -12,7 +12,9 @@ and sdists so that the daemon's whole path is exercised.
 which two calls could overlap), ``requires`` (dynamic requirements returned by
 ``get_requires_for_build_*``), ``fail`` (hook name that raises),
 ``check_prefix`` (``build_wheel`` fails unless ``prepare_metadata`` of the same
-source ran under the same ``sys.prefix``: the shape of uv issue 14269).
+source ran under the same ``sys.prefix``: the shape of uv issue 14269),
+``start_log`` (a second JSON-lines file that gets hook, pid, ``sys.prefix`` and
+start time as each hook *starts*, so calls killed mid-hook are seen too).
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ def _record(hook, started, **extra):
         "inherited_marker": inherited,
     }
     entry.update(extra)
-    with open(config["log"], "a", encoding="utf-8") as handle:
+    _append(config["log"], entry)
+
+
+def _append(path, entry):
+    with open(path, "a", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.write(json.dumps(entry) + "\n")
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -77,8 +83,11 @@ _INHERITED = {}
 def _enter(hook):
     started = time.time()
     config = _config()
+    if config.get("start_log"):
+        # Written before the hold: a call killed mid-hook leaves this line only.
+        _append(config["start_log"], {"hook": hook, "pid": os.getpid(), "prefix": sys.prefix, "start": started})
     _INHERITED[hook] = os.environ.get("BUILDD_PROBE_MARKER")
-    print(f"probe: {hook} starting in {sys.prefix}", flush=True)
+    print(f"probe: {hook} starting in {sys.prefix} pid {os.getpid()}", flush=True)
     # Leaks into the next call only if the daemon reused this process.
     os.environ["BUILDD_PROBE_MARKER"] = hook
     hold = float(config.get("hold", 0))

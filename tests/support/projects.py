@@ -5,22 +5,29 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 PROBE_SOURCE = Path(__file__).with_name("probe_backend.py")
 
 
-def probe_project(root: Path, log: Path, **config: Any) -> Path:
-    """A project whose in-tree backend records every hook call into ``log``."""
+def probe_project(
+    root: Path, log: Path, *, static_requires: Sequence[str] = (), **config: Any
+) -> Path:
+    """A project whose in-tree backend records every hook call into ``log``.
+
+    ``static_requires`` becomes ``[build-system].requires`` (and so the key):
+    the backend itself needs nothing installed.
+    """
     root.mkdir(parents=True, exist_ok=True)
     (root / "_probe").mkdir(exist_ok=True)
     shutil.copy(PROBE_SOURCE, root / "_probe" / "probe_backend.py")
     (root / "pyproject.toml").write_text(
         textwrap.dedent(
-            """\
+            f"""\
             [build-system]
-            requires = []
+            requires = {json.dumps(list(static_requires))}
             build-backend = "probe_backend"
             backend-path = ["_probe"]
             """

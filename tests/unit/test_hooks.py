@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from buildd_server import errors
-from buildd_server import hooks as hooks_module
+from buildd_server import errors, processes
 from buildd_server.config import InstallerOptions
 from buildd_server.environments import Environment, EnvironmentFactory
 from buildd_server.events import Event, Log, Phase
-from buildd_server.hooks import CUT_MARK, MAX_LINE_BYTES, TAIL_LINES, Hooks
+from buildd_server.hooks import Hooks
 from buildd_server.installers import select_installer
 from buildd_server.interpreters import resolve_interpreter
 from buildd_server.keys import make_key
+from buildd_server.processes import CUT_MARK, MAX_LINE_BYTES, TAIL_LINES
 from buildd_server.sources import load_project
 from support.projects import setuptools_project
 
@@ -300,7 +300,7 @@ def test_a_child_that_leaves_the_group_cannot_hold_the_call(
             out.write(str(child.pid))
         return []
     """
-    monkeypatch.setattr(hooks_module, "_PIPE_GRACE", 0.2)
+    monkeypatch.setattr(processes, "_PIPE_GRACE", 0.2)
     root = backend_project(tmp_path / "proj", backend)
     result: list[object] = []
     call = threading.Thread(
@@ -550,7 +550,7 @@ def test_a_failing_emit_does_not_stall_the_hook(bare_env: Environment, tmp_path:
 def test_a_blocked_emit_does_not_hold_the_timeout(
     bare_env: Environment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hooks_module, "_PIPE_GRACE", 0.2)
+    monkeypatch.setattr(processes, "_PIPE_GRACE", 0.2)
     root = backend_project(tmp_path / "proj", CHATTY)
     release = threading.Event()
 

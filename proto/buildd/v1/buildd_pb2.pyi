@@ -10,12 +10,24 @@ CI session and for how errors are reported.
 
 Conventions used throughout:
 - Paths are absolute paths as seen by the daemon's file system.
+- Digests are written "sha256:" followed by 64 lowercase hex digits.
+- Large bytes (uploaded sources, downloaded artifacts) travel in chunks of
+  64 KiB to 1 MiB; the daemon refuses chunks larger than 1 MiB.
 - Durations are seconds as doubles; timestamps are Unix seconds as doubles.
 - Long calls (PrepareMetadata, GetRequires, Build) are server-streaming: they
   send any number of `Phase` and `LogLine` events, then exactly one final
   event, `result` or `failure`, and then the RPC ends. When the final event is
   a `failure`, the RPC also ends with the gRPC status given in
   `Failure.status_code`, so clients that only look at statuses still see it.
+
+Identity (see docs/remote.md): a daemon started with --token-file expects
+every call except health checking and reflection to carry the metadata
+`authorization: Bearer <token>`, and answers UNAUTHENTICATED otherwise.
+Each token names a principal; sessions belong to the principal that opened
+them, and every other principal gets NOT_FOUND for them, exactly as for an
+unknown id. Without tokens, callers on a Unix socket or a loopback address
+are the principal "local"; other callers (only with --insecure) are
+"anonymous".
 """
 
 from collections import abc as _abc
@@ -74,15 +86,25 @@ class _PhaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseKind.V
     caps are reached: the request is queued.
     """
     PHASE_KIND_CREATING_ENVIRONMENT: _PhaseKind.ValueType  # 3
-    """A new environment is being created (virtualenv)."""
+    """A new environment is being created (virtualenv). Sent when the step
+    starts and again, with `step_seconds`, when it ends.
+    """
     PHASE_KIND_INSTALLING_REQUIREMENTS: _PhaseKind.ValueType  # 4
-    """`count` requirements are being installed into `environment_path`."""
+    """`count` requirements (listed in `detail`) are being installed into
+    `environment_path`. Sent when the step starts and again, with
+    `step_seconds`, when it ends.
+    """
     PHASE_KIND_ENVIRONMENT_LEASED: _PhaseKind.ValueType  # 5
     """The request holds an exclusive lease on `environment_path`."""
     PHASE_KIND_RUNNING_HOOK: _PhaseKind.ValueType  # 6
-    """Hook `hook` started in a fresh subprocess."""
+    """Hook `hook` started in a fresh process: a plain subprocess, or a fork of
+    the environment's fork server (docs/performance.md).
+    """
     PHASE_KIND_HOOK_FINISHED: _PhaseKind.ValueType  # 7
-    """Hook `hook` ended successfully; `elapsed_seconds` is its own duration."""
+    """Hook `hook` ended, successfully or not: `detail` is "ok" or "failed", and
+    `step_seconds` is the hook call's own duration. Sent after every
+    RUNNING_HOOK.
+    """
     PHASE_KIND_ARTIFACT_WRITTEN: _PhaseKind.ValueType  # 8
     """An artifact was written: `detail` is its path."""
 
@@ -97,15 +119,25 @@ PHASE_KIND_WAITING_FOR_ENVIRONMENT: PhaseKind.ValueType  # 2
 caps are reached: the request is queued.
 """
 PHASE_KIND_CREATING_ENVIRONMENT: PhaseKind.ValueType  # 3
-"""A new environment is being created (virtualenv)."""
+"""A new environment is being created (virtualenv). Sent when the step
+starts and again, with `step_seconds`, when it ends.
+"""
 PHASE_KIND_INSTALLING_REQUIREMENTS: PhaseKind.ValueType  # 4
-"""`count` requirements are being installed into `environment_path`."""
+"""`count` requirements (listed in `detail`) are being installed into
+`environment_path`. Sent when the step starts and again, with
+`step_seconds`, when it ends.
+"""
 PHASE_KIND_ENVIRONMENT_LEASED: PhaseKind.ValueType  # 5
 """The request holds an exclusive lease on `environment_path`."""
 PHASE_KIND_RUNNING_HOOK: PhaseKind.ValueType  # 6
-"""Hook `hook` started in a fresh subprocess."""
+"""Hook `hook` started in a fresh process: a plain subprocess, or a fork of
+the environment's fork server (docs/performance.md).
+"""
 PHASE_KIND_HOOK_FINISHED: PhaseKind.ValueType  # 7
-"""Hook `hook` ended successfully; `elapsed_seconds` is its own duration."""
+"""Hook `hook` ended, successfully or not: `detail` is "ok" or "failed", and
+`step_seconds` is the hook call's own duration. Sent after every
+RUNNING_HOOK.
+"""
 PHASE_KIND_ARTIFACT_WRITTEN: PhaseKind.ValueType  # 8
 """An artifact was written: `detail` is its path."""
 Global___PhaseKind: _TypeAlias = PhaseKind  # noqa: Y015
@@ -172,6 +204,11 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     """The daemon is shutting down. UNAVAILABLE."""
     FAILURE_KIND_INTERNAL: _FailureKind.ValueType  # 15
     """A bug in the daemon. INTERNAL."""
+    FAILURE_KIND_PERMISSION_DENIED: _FailureKind.ValueType  # 16
+    """The caller's principal may not do this: a remote principal naming a path
+    outside the daemon's --allow-path roots, or a non-admin calling Shutdown.
+    PERMISSION_DENIED.
+    """
 
 class FailureKind(_FailureKind, metaclass=_FailureKindEnumTypeWrapper):
     """Why a request failed; the RPC's status code is `status_code`."""
@@ -215,6 +252,11 @@ FAILURE_KIND_UNAVAILABLE: FailureKind.ValueType  # 14
 """The daemon is shutting down. UNAVAILABLE."""
 FAILURE_KIND_INTERNAL: FailureKind.ValueType  # 15
 """A bug in the daemon. INTERNAL."""
+FAILURE_KIND_PERMISSION_DENIED: FailureKind.ValueType  # 16
+"""The caller's principal may not do this: a remote principal naming a path
+outside the daemon's --allow-path roots, or a non-admin calling Shutdown.
+PERMISSION_DENIED.
+"""
 Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
 
 class _EnvironmentState:
@@ -241,6 +283,40 @@ ENVIRONMENT_STATE_LEASED: EnvironmentState.ValueType  # 2
 ENVIRONMENT_STATE_CREATING: EnvironmentState.ValueType  # 3
 """Being created."""
 Global___EnvironmentState: _TypeAlias = EnvironmentState  # noqa: Y015
+
+class _BlobKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlobKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlobKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOB_KIND_UNSPECIFIED: _BlobKind.ValueType  # 0
+    BLOB_KIND_SDIST: _BlobKind.ValueType  # 1
+    """An sdist (PEP 625 `.tar.gz`), sent as it is."""
+    BLOB_KIND_TREE_ARCHIVE: _BlobKind.ValueType  # 2
+    """A source tree packed by the client, leaving out version-control folders,
+    build outputs and caches (the reference client's list is in
+    docs/remote.md).
+    """
+
+class BlobKind(_BlobKind, metaclass=_BlobKindEnumTypeWrapper):
+    """What an uploaded archive holds. Both are gzip-compressed tar files with a
+    single top-level directory holding the project (pyproject.toml or
+    setup.py); the daemon unpacks both the same way and refuses absolute
+    names, "..", links leading outside that directory, device files and fifos,
+    and archives past its caps on unpacked size, file count and compression
+    ratio (INVALID_ARGUMENT naming the member).
+    """
+
+BLOB_KIND_UNSPECIFIED: BlobKind.ValueType  # 0
+BLOB_KIND_SDIST: BlobKind.ValueType  # 1
+"""An sdist (PEP 625 `.tar.gz`), sent as it is."""
+BLOB_KIND_TREE_ARCHIVE: BlobKind.ValueType  # 2
+"""A source tree packed by the client, leaving out version-control folders,
+build outputs and caches (the reference client's list is in
+docs/remote.md).
+"""
+Global___BlobKind: _TypeAlias = BlobKind  # noqa: Y015
 
 @_typing.final
 class OpenSessionRequest(_message.Message):
@@ -293,6 +369,7 @@ class SessionInfo(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Opaque, unguessable session id (URL-safe characters only)."""
     ttl_seconds: _builtins.float
@@ -301,16 +378,19 @@ class SessionInfo(_message.Message):
     """
     created_at: _builtins.float
     """When the session was opened (Unix seconds)."""
+    principal: _builtins.str
+    """The principal the session belongs to (the token's name, or "local")."""
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         ttl_seconds: _builtins.float = ...,
         created_at: _builtins.float = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "principal", b"principal", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,20 +498,32 @@ class Source(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PATH_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """An absolute path of a project directory (holding pyproject.toml or
-    setup.py) or of an sdist (.tar.gz), readable by the daemon.
+    setup.py) or of an sdist (.tar.gz), readable by the daemon. A principal
+    that is remote (a caller from a non-loopback address, or any caller of
+    a daemon with tokens) may name only paths under the daemon's
+    --allow-path roots: other paths give PERMISSION_DENIED.
+    """
+    digest: _builtins.str
+    """The digest ("sha256:<hex>") of an archive uploaded with UploadBlob.
+    The daemon unpacks it safely into a folder owned by the session and
+    builds from there; the same digest in the same session reuses that
+    folder (and so keeps its environment, rule 2). NOT_FOUND when the digest
+    is not (or no longer) in the daemon's cache: upload it again.
     """
     def __init__(
         self,
         *,
         path: _builtins.str = ...,
+        digest: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "path", b"path"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "location", b"location", "path", b"path"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "location", b"location", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_location: _TypeAlias = _typing.Literal["path"]  # noqa: Y015
+    _WhichOneofReturnType_location: _TypeAlias = _typing.Literal["path", "digest"]  # noqa: Y015
     _WhichOneofArgType_location: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_location) -> _WhichOneofReturnType_location | None: ...
 
@@ -578,7 +670,10 @@ class BuildRequest(_message.Message):
     """Absolute path of the directory that receives the artifacts on the
     daemon's file system; created when missing. Artifacts are written under a
     temporary name and renamed into place, so readers never see half a file.
-    Empty: `<source>/dist`.
+    Empty: `<source>/dist` for a project directory, the folder holding the
+    sdist for an sdist path; for an uploaded (digest) source, a folder owned
+    by the session, deleted with it: fetch the artifacts with
+    DownloadArtifact. The same --allow-path rule as for `Source.path` applies.
     """
     @_builtins.property
     def context(self) -> Global___BuildContext: ...
@@ -663,9 +758,8 @@ class Phase(_message.Message):
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
     kind: Global___PhaseKind.ValueType
     elapsed_seconds: _builtins.float
-    """Seconds since the daemon received the request (for HOOK_FINISHED and
-    INSTALLING_REQUIREMENTS when finished: the step's own duration is in
-    `step_seconds`).
+    """Seconds since the daemon received the request, for every phase (the own
+    duration of a step that ends is in `step_seconds`).
     """
     detail: _builtins.str
     """Human-readable detail (backend name, requirement list, artifact path...)."""
@@ -678,7 +772,10 @@ class Phase(_message.Message):
     count: _builtins.int
     """A count (number of requirements being installed)."""
     step_seconds: _builtins.float
-    """Duration of the step this phase closes, in seconds (0 when it opens one)."""
+    """Duration of the step this phase closes, in seconds (0 when it opens one):
+    set on HOOK_FINISHED and on the closing CREATING_ENVIRONMENT and
+    INSTALLING_REQUIREMENTS phases.
+    """
     def __init__(
         self,
         *,
@@ -709,7 +806,8 @@ class LogLine(_message.Message):
     stream: Global___LogStream.ValueType
     text: _builtins.str
     """The line without its trailing newline, decoded as UTF-8 with
-    replacement; lines longer than 8 KiB are cut and end with "…".
+    replacement. A line of 8 KiB (8192 bytes) or more is cut: its first
+    8192 bytes followed by " [line cut at 8 KiB]"; the rest is dropped.
     """
     hook: _builtins.str
     """The hook (or "install") that produced the line."""
@@ -935,7 +1033,9 @@ class GetStatusRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """When set, only this session is reported (NOT_FOUND if unknown)."""
+    """When set, only this session is reported (NOT_FOUND if unknown or if it
+    belongs to another principal).
+    """
     def __init__(
         self,
         *,
@@ -1110,12 +1210,15 @@ class SessionStatus(_message.Message):
     LAST_ACTIVE_AT_FIELD_NUMBER: _builtins.int
     KEEPALIVES_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     client_name: _builtins.str
     created_at: _builtins.float
     last_active_at: _builtins.float
     keepalives: _builtins.int
     """Open KeepAlive streams holding the session."""
+    principal: _builtins.str
+    """The principal the session belongs to."""
     @_builtins.property
     def environments(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvironmentInfo]: ...
     def __init__(
@@ -1127,10 +1230,11 @@ class SessionStatus(_message.Message):
         last_active_at: _builtins.float = ...,
         keepalives: _builtins.int = ...,
         environments: _abc.Iterable[Global___EnvironmentInfo] | None = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "created_at", b"created_at", "environments", b"environments", "keepalives", b"keepalives", "last_active_at", b"last_active_at", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "created_at", b"created_at", "environments", b"environments", "keepalives", b"keepalives", "last_active_at", b"last_active_at", "principal", b"principal", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1142,20 +1246,246 @@ class StatusResponse(_message.Message):
 
     DAEMON_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    """The caller's principal as the daemon sees it."""
+    admin: _builtins.bool
+    """True when the caller is an admin (may call Shutdown, sees all sessions)."""
     @_builtins.property
     def daemon(self) -> Global___DaemonInfo: ...
     @_builtins.property
-    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionStatus]: ...
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionStatus]:
+        """The caller's own sessions; an admin sees every principal's sessions.
+        Other principals' sessions are left out, not even counted.
+        """
+
     def __init__(
         self,
         *,
         daemon: Global___DaemonInfo | None = ...,
         sessions: _abc.Iterable[Global___SessionStatus] | None = ...,
+        principal: _builtins.str = ...,
+        admin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["daemon", b"daemon"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["daemon", b"daemon", "sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "daemon", b"daemon", "principal", b"principal", "sessions", b"sessions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class FindMissingBlobsRequest(_message.Message):
+    """------------------------------------------------------- uploads, downloads --"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Digests ("sha256:<hex>") the client is about to use; at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        digests: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests", b"digests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindMissingBlobsRequest: _TypeAlias = FindMissingBlobsRequest  # noqa: Y015
+
+@_typing.final
+class FindMissingBlobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MISSING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The requested digests the daemon does not hold, in request order."""
+
+    def __init__(
+        self,
+        *,
+        missing: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing", b"missing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindMissingBlobsResponse: _TypeAlias = FindMissingBlobsResponse  # noqa: Y015
+
+@_typing.final
+class UploadBlobHeader(_message.Message):
+    """The first message of an upload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """The SHA-256 of the whole archive, "sha256:<hex>"."""
+    size_bytes: _builtins.int
+    """Its exact size in bytes."""
+    kind: Global___BlobKind.ValueType
+    """What it holds."""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        kind: Global___BlobKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kind", b"kind", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadBlobHeader: _TypeAlias = UploadBlobHeader  # noqa: Y015
+
+@_typing.final
+class UploadBlobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The archive's next bytes; 64 KiB to 1 MiB each (the last may be
+    smaller).
+    """
+    @_builtins.property
+    def header(self) -> Global___UploadBlobHeader:
+        """First message, exactly once."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___UploadBlobHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___UploadBlobRequest: _TypeAlias = UploadBlobRequest  # noqa: Y015
+
+@_typing.final
+class UploadBlobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """The digest now held by the daemon."""
+    size_bytes: _builtins.int
+    """Its size in bytes."""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadBlobResponse: _TypeAlias = UploadBlobResponse  # noqa: Y015
+
+@_typing.final
+class DownloadArtifactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session whose Build wrote the artifact."""
+    path: _builtins.str
+    """The artifact's path, exactly as in `Artifact.path` of that Build."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadArtifactRequest: _TypeAlias = DownloadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class ArtifactHeader(_message.Message):
+    """The first message of a download."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILENAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    filename: _builtins.str
+    """The artifact's file name."""
+    size: _builtins.int
+    """Its size in bytes."""
+    sha256: _builtins.str
+    """Hex SHA-256 of its content, as recorded when it was built; the client
+    checks the bytes it received against it.
+    """
+    def __init__(
+        self,
+        *,
+        filename: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactHeader: _TypeAlias = ArtifactHeader  # noqa: Y015
+
+@_typing.final
+class DownloadArtifactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The file's next bytes, up to 1 MiB each."""
+    @_builtins.property
+    def header(self) -> Global___ArtifactHeader:
+        """First message, exactly once."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ArtifactHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___DownloadArtifactResponse: _TypeAlias = DownloadArtifactResponse  # noqa: Y015

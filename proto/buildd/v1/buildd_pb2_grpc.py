@@ -80,6 +80,21 @@ class BuilddStub:
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=buildd_dot_v1_dot_buildd__pb2.ShutdownResponse.FromString,
                 _registered_method=True)
+        self.FindMissingBlobs = channel.unary_unary(
+                '/buildd.v1.Buildd/FindMissingBlobs',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.FindMissingBlobsRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.FindMissingBlobsResponse.FromString,
+                _registered_method=True)
+        self.UploadBlob = channel.stream_unary(
+                '/buildd.v1.Buildd/UploadBlob',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.UploadBlobRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.UploadBlobResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/buildd.v1.Buildd/DownloadArtifact',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.DownloadArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class BuilddServicer:
@@ -158,7 +173,41 @@ class BuilddServicer:
         """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
         health turns NOT_SERVING, running calls get `grace_seconds` to finish and
         are then cancelled, environments are deleted, and the process exits 0.
-        Returns as soon as the drain has begun.
+        Returns as soon as the drain has begun. On a daemon with tokens, only the
+        principals named by --admin may call it (PERMISSION_DENIED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindMissingBlobs(self, request, context):
+        """Which of these uploaded sources the daemon lacks. A client packs its
+        source, computes the digest, asks, and uploads only what is missing.
+        Knowing a digest reveals nothing but that its bytes were uploaded before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadBlob(self, request_iterator, context):
+        """Upload one source archive: first an `UploadBlobRequest.header`, then its
+        bytes as `chunk` messages, in order. The daemon writes the bytes to a
+        temporary file while hashing them, and only when the size and the SHA-256
+        match the header is the file renamed into its content-addressed cache;
+        an upload that fails or is interrupted leaves nothing behind. A digest
+        already cached is answered at once, without reading the chunks.
+        INVALID_ARGUMENT when the bytes do not match the header; RESOURCE_EXHAUSTED
+        when the archive is larger than the daemon accepts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """Stream back an artifact that a Build of this session wrote: one `header`,
+        then the file's bytes as `chunk` messages. Only artifacts built in the
+        session, which must belong to the caller, can be downloaded; any other
+        path gives NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,6 +260,21 @@ def add_BuilddServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=buildd_dot_v1_dot_buildd__pb2.ShutdownRequest.FromString,
                     response_serializer=buildd_dot_v1_dot_buildd__pb2.ShutdownResponse.SerializeToString,
+            ),
+            'FindMissingBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindMissingBlobs,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.FindMissingBlobsRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.FindMissingBlobsResponse.SerializeToString,
+            ),
+            'UploadBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadBlob,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.UploadBlobRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.UploadBlobResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.DownloadArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -457,6 +521,87 @@ class Buildd:
             '/buildd.v1.Buildd/Shutdown',
             buildd_dot_v1_dot_buildd__pb2.ShutdownRequest.SerializeToString,
             buildd_dot_v1_dot_buildd__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindMissingBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/buildd.v1.Buildd/FindMissingBlobs',
+            buildd_dot_v1_dot_buildd__pb2.FindMissingBlobsRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.FindMissingBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/buildd.v1.Buildd/UploadBlob',
+            buildd_dot_v1_dot_buildd__pb2.UploadBlobRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.UploadBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/buildd.v1.Buildd/DownloadArtifact',
+            buildd_dot_v1_dot_buildd__pb2.DownloadArtifactRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.DownloadArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,12 +10,24 @@ CI session and for how errors are reported.
 
 Conventions used throughout:
 - Paths are absolute paths as seen by the daemon's file system.
+- Digests are written "sha256:" followed by 64 lowercase hex digits.
+- Large bytes (uploaded sources, downloaded artifacts) travel in chunks of
+  64 KiB to 1 MiB; the daemon refuses chunks larger than 1 MiB.
 - Durations are seconds as doubles; timestamps are Unix seconds as doubles.
 - Long calls (PrepareMetadata, GetRequires, Build) are server-streaming: they
   send any number of `Phase` and `LogLine` events, then exactly one final
   event, `result` or `failure`, and then the RPC ends. When the final event is
   a `failure`, the RPC also ends with the gRPC status given in
   `Failure.status_code`, so clients that only look at statuses still see it.
+
+Identity (see docs/remote.md): a daemon started with --token-file expects
+every call except health checking and reflection to carry the metadata
+`authorization: Bearer <token>`, and answers UNAUTHENTICATED otherwise.
+Each token names a principal; sessions belong to the principal that opened
+them, and every other principal gets NOT_FOUND for them, exactly as for an
+unknown id. Without tokens, callers on a Unix socket or a loopback address
+are the principal "local"; other callers (only with --insecure) are
+"anonymous".
 """
 
 from buildd.v1 import buildd_pb2 as _buildd_pb2
@@ -86,7 +98,29 @@ class BuilddStub:
     """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
     health turns NOT_SERVING, running calls get `grace_seconds` to finish and
     are then cancelled, environments are deleted, and the process exits 0.
-    Returns as soon as the drain has begun.
+    Returns as soon as the drain has begun. On a daemon with tokens, only the
+    principals named by --admin may call it (PERMISSION_DENIED otherwise).
+    """
+    FindMissingBlobs: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.FindMissingBlobsRequest, _buildd_pb2.FindMissingBlobsResponse]
+    """Which of these uploaded sources the daemon lacks. A client packs its
+    source, computes the digest, asks, and uploads only what is missing.
+    Knowing a digest reveals nothing but that its bytes were uploaded before.
+    """
+    UploadBlob: _grpc.StreamUnaryMultiCallable[_buildd_pb2.UploadBlobRequest, _buildd_pb2.UploadBlobResponse]
+    """Upload one source archive: first an `UploadBlobRequest.header`, then its
+    bytes as `chunk` messages, in order. The daemon writes the bytes to a
+    temporary file while hashing them, and only when the size and the SHA-256
+    match the header is the file renamed into its content-addressed cache;
+    an upload that fails or is interrupted leaves nothing behind. A digest
+    already cached is answered at once, without reading the chunks.
+    INVALID_ARGUMENT when the bytes do not match the header; RESOURCE_EXHAUSTED
+    when the archive is larger than the daemon accepts.
+    """
+    DownloadArtifact: _grpc.UnaryStreamMultiCallable[_buildd_pb2.DownloadArtifactRequest, _buildd_pb2.DownloadArtifactResponse]
+    """Stream back an artifact that a Build of this session wrote: one `header`,
+    then the file's bytes as `chunk` messages. Only artifacts built in the
+    session, which must belong to the caller, can be downloaded; any other
+    path gives NOT_FOUND.
     """
 
 @_typing.type_check_only
@@ -132,7 +166,29 @@ class BuilddAsyncStub(BuilddStub):
     """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
     health turns NOT_SERVING, running calls get `grace_seconds` to finish and
     are then cancelled, environments are deleted, and the process exits 0.
-    Returns as soon as the drain has begun.
+    Returns as soon as the drain has begun. On a daemon with tokens, only the
+    principals named by --admin may call it (PERMISSION_DENIED otherwise).
+    """
+    FindMissingBlobs: _aio.UnaryUnaryMultiCallable[_buildd_pb2.FindMissingBlobsRequest, _buildd_pb2.FindMissingBlobsResponse]  # type: ignore[assignment]
+    """Which of these uploaded sources the daemon lacks. A client packs its
+    source, computes the digest, asks, and uploads only what is missing.
+    Knowing a digest reveals nothing but that its bytes were uploaded before.
+    """
+    UploadBlob: _aio.StreamUnaryMultiCallable[_buildd_pb2.UploadBlobRequest, _buildd_pb2.UploadBlobResponse]  # type: ignore[assignment]
+    """Upload one source archive: first an `UploadBlobRequest.header`, then its
+    bytes as `chunk` messages, in order. The daemon writes the bytes to a
+    temporary file while hashing them, and only when the size and the SHA-256
+    match the header is the file renamed into its content-addressed cache;
+    an upload that fails or is interrupted leaves nothing behind. A digest
+    already cached is answered at once, without reading the chunks.
+    INVALID_ARGUMENT when the bytes do not match the header; RESOURCE_EXHAUSTED
+    when the archive is larger than the daemon accepts.
+    """
+    DownloadArtifact: _aio.UnaryStreamMultiCallable[_buildd_pb2.DownloadArtifactRequest, _buildd_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
+    """Stream back an artifact that a Build of this session wrote: one `header`,
+    then the file's bytes as `chunk` messages. Only artifacts built in the
+    session, which must belong to the caller, can be downloaded; any other
+    path gives NOT_FOUND.
     """
 
 class BuilddServicer(metaclass=_abc_1.ABCMeta):
@@ -229,7 +285,47 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
         health turns NOT_SERVING, running calls get `grace_seconds` to finish and
         are then cancelled, environments are deleted, and the process exits 0.
-        Returns as soon as the drain has begun.
+        Returns as soon as the drain has begun. On a daemon with tokens, only the
+        principals named by --admin may call it (PERMISSION_DENIED otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def FindMissingBlobs(
+        self,
+        request: _buildd_pb2.FindMissingBlobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_buildd_pb2.FindMissingBlobsResponse, _abc.Awaitable[_buildd_pb2.FindMissingBlobsResponse]]:
+        """Which of these uploaded sources the daemon lacks. A client packs its
+        source, computes the digest, asks, and uploads only what is missing.
+        Knowing a digest reveals nothing but that its bytes were uploaded before.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadBlob(
+        self,
+        request_iterator: _MaybeAsyncIterator[_buildd_pb2.UploadBlobRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_buildd_pb2.UploadBlobResponse, _abc.Awaitable[_buildd_pb2.UploadBlobResponse]]:
+        """Upload one source archive: first an `UploadBlobRequest.header`, then its
+        bytes as `chunk` messages, in order. The daemon writes the bytes to a
+        temporary file while hashing them, and only when the size and the SHA-256
+        match the header is the file renamed into its content-addressed cache;
+        an upload that fails or is interrupted leaves nothing behind. A digest
+        already cached is answered at once, without reading the chunks.
+        INVALID_ARGUMENT when the bytes do not match the header; RESOURCE_EXHAUSTED
+        when the archive is larger than the daemon accepts.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _buildd_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_buildd_pb2.DownloadArtifactResponse], _abc.AsyncIterator[_buildd_pb2.DownloadArtifactResponse]]:
+        """Stream back an artifact that a Build of this session wrote: one `header`,
+        then the file's bytes as `chunk` messages. Only artifacts built in the
+        session, which must belong to the caller, can be downloaded; any other
+        path gives NOT_FOUND.
         """
 
 def add_BuilddServicer_to_server(servicer: BuilddServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

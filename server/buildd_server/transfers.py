@@ -1,0 +1,136 @@
+"""FindMissingBlobs, UploadBlob and DownloadArtifact: bytes in and out, in chunks.
+
+The servicer calls these with the caller's principal already known. Nothing
+here holds more than one chunk of a file in memory: uploads go through
+``BlobStore.receive`` into a temporary file, downloads are read from disk one
+chunk at a time as gRPC asks for the next message.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+import structlog
+
+from buildd.v1 import buildd_pb2 as pb
+
+from . import errors
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .auth import Principal
+    from .blobs import BlobStore
+    from .metrics import Metrics
+    from .sessions import SessionRegistry
+
+log = structlog.get_logger("buildd.transfers")
+
+# Download chunks: small enough that gRPC's buffering stays a few MiB per call.
+CHUNK = 256 << 10
+MAX_CHUNK = 1 << 20
+_KINDS = {pb.BLOB_KIND_SDIST: "sdist", pb.BLOB_KIND_TREE_ARCHIVE: "tree"}
+
+
+class Transfers:
+    """Uploads into the blob cache and downloads of a session's artifacts."""
+
+    def __init__(self, blobs: BlobStore, registry: SessionRegistry, metrics: Metrics) -> None:
+        self.blobs = blobs
+        self._registry = registry
+        self._uploaded = metrics.bytes.labels(direction="uploaded")
+        self._downloaded = metrics.bytes.labels(direction="downloaded")
+
+    def find_missing(
+        self, request: pb.FindMissingBlobsRequest, who: Principal
+    ) -> pb.FindMissingBlobsResponse:
+        missing = self.blobs.missing(list(request.digests))
+        log.debug("blobs_missing", principal=who.name, asked=len(request.digests), missing=missing)
+        return pb.FindMissingBlobsResponse(missing=missing)
+
+    def upload(
+        self, requests: Iterator[pb.UploadBlobRequest], who: Principal
+    ) -> pb.UploadBlobResponse:
+        started = time.monotonic()
+        try:
+            first = next(requests, None)
+            if first is None or first.WhichOneof("payload") != "header":
+                raise errors.InvalidRequest(
+                    "the first UploadBlobRequest must carry the header (digest, size, kind)"
+                )
+            header = first.header
+            kind = _KINDS.get(header.kind)
+            if kind is None:
+                raise errors.InvalidRequest(
+                    f"header.kind: {header.kind} is not BLOB_KIND_SDIST or BLOB_KIND_TREE_ARCHIVE"
+                )
+            stored = self.blobs.receive(header.digest, header.size_bytes, self._chunks(requests))
+        except grpc.RpcError as exc:
+            # The client went away mid-stream; receive() removed the temporary file.
+            raise errors.Cancelled("the upload was interrupted by the client") from exc
+        seconds = time.monotonic() - started
+        log.info(
+            "blob_uploaded" if stored else "blob_already_cached",
+            principal=who.name,
+            digest=header.digest[:19],
+            kind=kind,
+            bytes=header.size_bytes,
+            seconds=round(seconds, 3),
+            mib_per_second=round(header.size_bytes / (1 << 20) / seconds, 1) if seconds else None,
+        )
+        return pb.UploadBlobResponse(digest=header.digest, size_bytes=header.size_bytes)
+
+    def _chunks(self, requests: Iterator[pb.UploadBlobRequest]) -> Iterator[bytes]:
+        for index, message in enumerate(requests, 1):
+            if message.WhichOneof("payload") != "chunk":
+                raise errors.InvalidRequest(
+                    f"message {index}: after the header only chunks may follow"
+                )
+            data = message.chunk
+            if len(data) > MAX_CHUNK:
+                raise errors.InvalidRequest(
+                    f"message {index}: a chunk of {len(data)} bytes; at most {MAX_CHUNK} per chunk"
+                )
+            self._uploaded.inc(len(data))
+            yield data
+
+    def download(
+        self, request: pb.DownloadArtifactRequest, who: Principal
+    ) -> Iterator[pb.DownloadArtifactResponse]:
+        # Holding the session for the whole stream keeps it from expiring mid-download.
+        with self._registry.using(request.session_id, principal=who.name) as session:
+            with session.lock:
+                record = session.artifacts.get(request.path)
+            if record is None:
+                raise errors.SourceNotFound(
+                    f"path: {request.path[:300]!r} is not an artifact built in this session",
+                    path=request.path[:300],
+                )
+            size, sha256 = record
+            try:
+                fd = os.open(request.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise errors.SourceNotFound(
+                    f"path: {request.path}: the artifact is gone ({exc.strerror})",
+                    path=request.path,
+                ) from exc
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+                    raise errors.SourceNotFound(
+                        f"path: {request.path}: changed since the build wrote it",
+                        path=request.path,
+                    )
+                yield pb.DownloadArtifactResponse(
+                    header=pb.ArtifactHeader(
+                        filename=os.path.basename(request.path), size=size, sha256=sha256
+                    )
+                )
+                while chunk := handle.read(CHUNK):
+                    self._downloaded.inc(len(chunk))
+                    yield pb.DownloadArtifactResponse(chunk=chunk)
+        log.info("artifact_downloaded", principal=who.name, path=request.path, bytes=size)
