@@ -6,7 +6,6 @@ bound, and fails when the bound passes: nothing sleeps and hopes.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -69,22 +68,17 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 """
 
 
-def backend_project(
-    root: Path, code: str, *, requires: Sequence[str] = (), base: bool = True
-) -> Path:
+def backend_project(root: Path, code: str) -> Path:
     """A project whose in-tree backend ``fault_backend`` is ``code`` (after BASE_BACKEND).
 
     Functions in ``code`` replace those of the base, so a test writes only the
-    hook it is about.
+    hook it is about; the key holds no requirements.
     """
     (root / "_be").mkdir(parents=True)
-    source = (textwrap.dedent(BASE_BACKEND) if base else "") + textwrap.dedent(code)
+    source = textwrap.dedent(BASE_BACKEND) + textwrap.dedent(code)
     (root / "_be" / "fault_backend.py").write_text(source)
     (root / "pyproject.toml").write_text(
-        "[build-system]\n"
-        f"requires = {json.dumps(list(requires))}\n"
-        'build-backend = "fault_backend"\n'
-        'backend-path = ["_be"]\n'
+        '[build-system]\nrequires = []\nbuild-backend = "fault_backend"\nbackend-path = ["_be"]\n'
     )
     return root
 
