@@ -12,7 +12,8 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 FROM python:3.12-slim
 ENV PYTHONUNBUFFERED=1 \
     BUILDD_STATE_DIR=/var/lib/buildd \
-    BUILDD_LOG_FORMAT=json
+    BUILDD_LOG_FORMAT=json \
+    BUILDD_PRINCIPALS_FILE=/run/secrets/buildd-tokens
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl \
     && rm -rf /wheels \
@@ -25,6 +26,7 @@ VOLUME ["/var/lib/buildd"]
 EXPOSE 50051
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
     CMD ["buildd-client", "-q", "--address", "127.0.0.1:50051", "health"]
-# Listens on all interfaces of the container; see docs/operations.md before
-# publishing the port beyond a trusted network.
-CMD ["buildd-server", "--address", "0.0.0.0:50051", "--insecure"]
+# Listens on all interfaces of the container, with bearer tokens from the
+# file at $BUILDD_PRINCIPALS_FILE when one is mounted there (a secret); see
+# docs/operations.md and docs/remote.md before publishing the port.
+CMD ["sh", "-c", "if [ -f \"$BUILDD_PRINCIPALS_FILE\" ]; then set -- --token-file \"$BUILDD_PRINCIPALS_FILE\"; fi; exec buildd-server --address 0.0.0.0:50051 --insecure \"$@\"", "buildd-server"]

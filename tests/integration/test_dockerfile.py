@@ -55,7 +55,7 @@ def test_dockerfile_commands_work_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     runs = [body for kind, body in instructions if kind == "RUN"]
     [cmd] = [_exec_form(body) for kind, body in instructions if kind == "CMD"]
     [check] = [_exec_form(body) for kind, body in instructions if kind == "HEALTHCHECK"]
-    assert cmd[0] == "buildd-server" and "0.0.0.0:50051" in cmd
+    assert cmd[:2] == ["sh", "-c"] and "exec buildd-server --address 0.0.0.0:50051" in cmd[2]
     assert check[0] == "buildd-client"
 
     env_dir = tmp_path / "venv"
@@ -82,7 +82,16 @@ def test_dockerfile_commands_work_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     state = short_tempdir()
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    server_env = dict(env, BUILDD_STATE_DIR=str(state / "state"), BUILDD_LOG_FORMAT="json")
+    # The image's default command takes tokens from a mounted file when present.
+    tokens = state / "tokens"
+    tokens.write_text("ci:a-secret-token-for-this-test-only\n")
+    tokens.chmod(0o600)
+    server_env = dict(
+        env,
+        BUILDD_STATE_DIR=str(state / "state"),
+        BUILDD_LOG_FORMAT="json",
+        BUILDD_PRINCIPALS_FILE=str(tokens),
+    )
     argv = [a.replace("0.0.0.0:50051", address) for a in cmd]
     server = subprocess.Popen(
         argv,
@@ -102,6 +111,23 @@ def test_dockerfile_commands_work_in_a_fresh_virtualenv(tmp_path: Path) -> None:
             timeout=60,
         )
         assert health.returncode == 0, health.stderr
+        status = [a.replace("health", "status") for a in check]
+        refused = subprocess.run(
+            [a.replace("127.0.0.1:50051", address) for a in status],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2, refused.stderr
+        allowed = subprocess.run(
+            [a.replace("127.0.0.1:50051", address) for a in status],
+            env=dict(env, BUILDD_TOKEN="a-secret-token-for-this-test-only"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert allowed.returncode == 0, allowed.stderr
         assert (
             str(bin_dir)
             in subprocess.run(
