@@ -36,6 +36,7 @@ _log = structlog.get_logger("buildd.sessions")
 
 # token_urlsafe(24) gives 32 characters; accept a range so ids stay opaque.
 _ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 # Ids of ended sessions kept to say "has ended" rather than "unknown".
 _ENDED_MEMORY = 1024
 
@@ -47,6 +48,19 @@ def _show(session_id: str) -> str:
     if len(session_id) > 40:
         return repr(session_id[:40]) + f"... ({len(session_id)} characters)"
     return repr(session_id)
+
+
+def new_session_id() -> str:
+    """32 URL-safe characters (192 random bits) that never begin with '-' or '_'.
+
+    An id is passed on command lines (``buildd-client --session ID``), where a
+    leading '-' reads as an option; redrawing the 1 in 32 such ids keeps the
+    rest uniformly random.
+    """
+    while True:
+        candidate = secrets.token_urlsafe(24)
+        if candidate[0] in _ALNUM:
+            return candidate
 
 
 @dataclass(eq=False)
@@ -106,7 +120,7 @@ class SessionRegistry:
 
     def open(self, client_name: str, principal: str = "local") -> Session:
         """Start a session of ``principal`` with an unguessable id and a private directory."""
-        session_id = secrets.token_urlsafe(24)
+        session_id = new_session_id()
         directory = self._root / session_id
         self._root.mkdir(parents=True, exist_ok=True)
         directory.mkdir(mode=0o700)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from buildd_client.cli import build_parser
 from buildd_server import errors
 from buildd_server.sessions import Session, SessionRegistry
 
@@ -85,6 +86,21 @@ def test_open_gives_an_unguessable_id_and_a_private_directory(
     assert registry.get(one.id) is one
     assert len(registry) == 2
     assert set(registry.all()) == {one, two}
+
+
+def test_every_id_handed_out_is_usable_as_a_command_line_argument(
+    registry: SessionRegistry,
+) -> None:
+    # About 1 in 32 urlsafe tokens begins with '-', which argparse reads as
+    # an option: 2,000 ids made the old generator fail with near certainty.
+    parser = build_parser()
+    for _ in range(2000):
+        session_id = registry.open("ci").id
+        assert session_id[0].isalnum(), session_id
+        assert parser.parse_args(["--session", session_id, "status"]).session == session_id
+        closing = parser.parse_args(["session", "close", session_id])
+        assert session_id in vars(closing).values()
+        registry.close(session_id)
 
 
 def test_directory_is_private_whatever_the_umask(registry: SessionRegistry) -> None:
