@@ -10,6 +10,7 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from .tools import Sample
 from .workspace import Workspace
 
 # Runs inside a build environment's interpreter, in the source tree: imports the
-# backend, then times prepare_metadata_for_build_wheel alone (P2) and reports
-# how long the import took. Its parent measures the CPU time of the whole
-# process (P4). Arguments: backend spec, JSON list of backend-path entries.
+# backend, then times one hook alone (P2b, P7: default
+# prepare_metadata_for_build_wheel) and reports how long the import took. Its
+# parent measures the CPU time of the whole process (P4). Arguments: backend
+# spec, JSON list of backend-path entries, the hook's name.
 HOOK_PROBE = r"""
 import importlib, json, os, sys, tempfile, time
 
-spec, backend_path = sys.argv[1], json.loads(sys.argv[2])
+spec, backend_path, name = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 for entry in reversed(backend_path):
     sys.path.insert(0, os.path.abspath(entry))
 t0 = time.perf_counter()
@@ -37,15 +39,20 @@ for part in attrs.strip().split(".") if attrs.strip() else ():
     backend = getattr(backend, part)
 t1 = time.perf_counter()
 out = tempfile.mkdtemp(prefix="hook-probe-")
-hook = getattr(backend, "prepare_metadata_for_build_wheel", None)
+hook = getattr(backend, name, None)
 t2 = time.perf_counter()
-if hook is not None:
+if hook is None and name == "prepare_metadata_for_build_wheel":
+    backend.build_wheel(out, None)  # what pyproject_hooks falls back to
+elif hook is not None and name.startswith("get_requires_for_build_"):
+    hook(None)
+elif hook is not None:
     hook(out, None)
-else:  # what pyproject_hooks falls back to
-    backend.build_wheel(out, None)
 t3 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "hook": t3 - t2, "has_hook": hook is not None}))
 """
+
+PREPARE_METADATA = "prepare_metadata_for_build_wheel"
+GET_REQUIRES = "get_requires_for_build_wheel"
 
 # Runs inside a build environment's interpreter: what is installed there.
 LIST_DISTRIBUTIONS = (
@@ -56,7 +63,7 @@ LIST_DISTRIBUTIONS = (
 
 @dataclass
 class HookCost:
-    """A build environment's own cost for prepare_metadata_for_build_wheel."""
+    """A build environment's own cost for one hook (prepare_metadata_for_build_wheel)."""
 
     env_python: str
     hook_seconds: list[float]  # the hook call alone, backend already imported
@@ -64,6 +71,7 @@ class HookCost:
     process_cpu: list[float]  # CPU (user+sys) of the whole fresh process
     process_wall: list[float]
     has_hook: bool
+    hook: str = PREPARE_METADATA
 
 
 class Context:
@@ -74,21 +82,49 @@ class Context:
         self.projects = projects
         self.ws = ws
         self._daemon: Daemon | None = None
+        self.extra_daemons: list[Daemon] = []  # started by figures, stopped by close()
         self._warm_session = ""
         self.warmed: set[str] = set()  # projects with an environment in the warm session
         self.samples: list[Sample] = []
-        self.hook_costs: dict[str, HookCost] = {}
+        self.hook_costs: dict[tuple[str, str], HookCost] = {}
         self.env_packages: dict[str, list[str]] = {}
         self.raw: dict[str, Any] = {}
+        # Runs that failed outside the build matrix: (what, error with its log tail).
+        self.failures: list[tuple[str, str]] = []
+        # P4's load, for P4b's comparison without watches (a LoadRun).
+        self.p4_load: Any = None
 
     @property
     def daemon(self) -> Daemon:
         if self._daemon is None:
-            daemon = Daemon(self.ws.root)
+            # More environments than the default cap: P4's and P4b's sessions,
+            # the warm session and the store's instances all live here, and an
+            # eviction in the middle of a figure would time a re-creation.
+            daemon = Daemon(self.ws.root, extra_args=["--max-envs", "128"])
             log(f"starting buildd-server at {daemon.address}")
             daemon.start()
             self._daemon = daemon
         return self._daemon
+
+    def start_daemon(
+        self,
+        name: str,
+        *,
+        tcp: bool = False,
+        extra_args: Sequence[str] = (),
+        state_dir: Path | None = None,
+    ) -> Daemon:
+        """Another daemon of the harness's own, stopped (and its log kept) by close()."""
+        daemon = Daemon(self.ws.root, name, tcp=tcp, extra_args=extra_args, state_dir=state_dir)
+        log(f"starting buildd-server {name!r} at {daemon.address}")
+        self.extra_daemons.append(daemon)
+        daemon.start()
+        return daemon
+
+    def fail(self, what: str, error: str) -> None:
+        """Record a failed run for the report's "Failed runs" section."""
+        log(f"FAILED: {what}: {error}")
+        self.failures.append((what, error))
 
     def warm_session(self) -> str:
         """The session of the warm runs, opened once."""
@@ -119,10 +155,10 @@ class Context:
                     return str(Path(env.path) / "bin" / "python")
         raise RuntimeError(f"the warm session has no environment bound to {src}")
 
-    def hook_cost(self, project: Project) -> HookCost:
-        """Time the metadata hook in the warm environment, one fresh process per sample."""
-        if project.id in self.hook_costs:
-            return self.hook_costs[project.id]
+    def hook_cost(self, project: Project, hook: str = PREPARE_METADATA) -> HookCost:
+        """Time ``hook`` in the warm environment, one fresh process per sample."""
+        if (project.id, hook) in self.hook_costs:
+            return self.hook_costs[project.id, hook]
         python = self.warm_env_python(project)
         system = read_build_system(self.ws.pristine[project.id])
         probe = self.ws.root / "hook_probe.py"
@@ -134,14 +170,17 @@ class Context:
                 "PYTHONNOUSERSITE": "1",
             }
         )
-        cost = HookCost(python, [], [], [], [], has_hook=True)
+        cost = HookCost(python, [], [], [], [], has_hook=True, hook=hook)
         # The tree as a warm IDE session sees it: metadata prepared once already.
         src = self.ws.fresh_tree(project)
         for run in range(self.args.hook_runs + 1):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             completed = subprocess.run(
-                [python, str(probe), system.backend, json.dumps(list(system.backend_path))],
+                [
+                    *(python, str(probe), system.backend),
+                    *(json.dumps(list(system.backend_path)), hook),
+                ],
                 cwd=src,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -165,7 +204,7 @@ class Context:
             cost.process_cpu.append(
                 (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             )
-        self.hook_costs[project.id] = cost
+        self.hook_costs[project.id, hook] = cost
         return cost
 
     def record_env_packages(self) -> None:
@@ -188,6 +227,12 @@ class Context:
                 self.env_packages[project.id] = json.loads(listed.stdout)
 
     def close(self) -> None:
+        for daemon in self.extra_daemons:
+            daemon.stop()
+            with contextlib.suppress(OSError):
+                self.args.out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(daemon.log_path, self.args.out.with_suffix(f".{daemon.name}.log"))
+        self.extra_daemons.clear()
         if self._daemon is not None:
             with contextlib.suppress(Exception):
                 self.raw["daemon_rss_kib_at_end"] = self._daemon.rss_kib()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -18,14 +20,26 @@ if TYPE_CHECKING:
 class Daemon:
     """A buildd-server started by the harness on a private socket with its own state folder."""
 
-    def __init__(self, folder: Path, name: str = "daemon") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        name: str = "daemon",
+        *,
+        tcp: bool = False,
+        extra_args: Sequence[str] = (),
+        state_dir: Path | None = None,
+    ) -> None:
         self.folder = folder
+        self.name = name
         self.socket = folder / f"{name}.sock"
-        self.state_dir = folder / f"{name}-state"
+        self.state_dir = state_dir or folder / f"{name}-state"
         self.log_path = folder / f"{name}.log"
-        self.address = f"unix://{self.socket}"
+        self.tcp_port = free_port() if tcp else 0
+        self.address = f"127.0.0.1:{self.tcp_port}" if tcp else f"unix://{self.socket}"
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._starts = 0
 
     @property
     def pid(self) -> int:
@@ -45,8 +59,11 @@ class Daemon:
             # between two rounds on a slow machine.
             "--session-ttl",
             "86400",
+            *self.extra_args,
         ]
-        self._log = self.log_path.open("wb")
+        # A restart on the same state folder appends to the same log.
+        self._log = self.log_path.open("ab" if self._starts else "wb")
+        self._starts += 1
         self.process = subprocess.Popen(
             command,
             env=tool_environ(),
@@ -61,7 +78,7 @@ class Daemon:
                 raise SystemExit(
                     f"buildd-server exited with {self.process.returncode}:\n{tail(self.log_path)}"
                 )
-            if self.socket.exists():
+            if self.tcp_port or self.socket.exists():
                 try:
                     with self.client() as client:
                         client.status()
@@ -107,3 +124,10 @@ class Daemon:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -77,6 +77,8 @@ def markdown_report(
     ]
     for f in figures:
         reached = "n/a" if f.met is None else ("yes" if f.met else "**no**")
+        if f.measured.startswith(("not measured", "failed")):
+            reached = "**no**"
         out.append(f"| {f.id} | {f.figure} | {f.goal} | {f.measured} | {reached} |")
     if matrix is not None:
         out += matrix.section()
@@ -93,9 +95,12 @@ def markdown_report(
             f"{ctx.raw['daemon_rss_kib_at_end'] / 1024:.1f} MiB.",
         ]
     failed = [s for s in ctx.samples if not s.ok]
-    if failed:
+    if failed or ctx.failures:
         out += ["", "## Failed runs", ""]
         for s in failed:
             indented = "\n".join("    " + line for line in s.error.splitlines())
             out += [f"- round {s.round}, {s.project}, {TOOL_LABELS[s.tool]}:", "", indented, ""]
+        for what, error in ctx.failures:
+            indented = "\n".join("    " + line for line in error.splitlines()[-30:])
+            out += [f"- {what}:", "", indented, ""]
     return "\n".join(out) + "\n"

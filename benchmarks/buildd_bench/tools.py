@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,16 +21,22 @@ from .workspace import Workspace
 # Tool ids, in the order of the table columns.
 WARM = "buildd-warm"
 COLD = "buildd-cold"
+NEWKEY = "buildd-newkey"
 UV = "uv"
 PYBUILD = "build"
 PIP = "pip"
 TOOL_LABELS = {
     WARM: "buildd warm",
     COLD: "buildd new session",
+    NEWKEY: "buildd new key",
     UV: "uv build",
     PYBUILD: "python -m build",
     PIP: "pip wheel",
 }
+
+# PEP 517 config settings passed to a build (P6: a persistent build folder).
+Config = Mapping[str, str]
+NO_CONFIG: Config = {}
 
 
 @dataclass
@@ -42,6 +51,8 @@ class Sample:
     wheel: str = ""
     wheel_files: list[str] = field(default_factory=list)
     error: str = ""
+    # The run's whole output (kept until the workspace goes; figures parse it).
+    log_path: str = ""
 
 
 class Tool:
@@ -49,7 +60,7 @@ class Tool:
 
     id = ""
 
-    def command(self, src: Path, outdir: Path) -> list[str]:
+    def command(self, src: Path, outdir: Path, config: Config = NO_CONFIG) -> list[str]:
         raise NotImplementedError
 
     def environ(self) -> dict[str, str]:
@@ -63,24 +74,32 @@ class Tool:
 
 
 class BuilddWarm(Tool):
-    """``buildd-client build --wheel``, the whole CLI process, in one warmed session."""
+    """``buildd-client build --wheel``, the whole CLI process, in one warmed session.
+
+    ``verbose`` adds ``-v``: the daemon's phases (environment created or
+    reused, and its path) go to the log as well, for the figures that check
+    them. Backend output is in the log either way.
+    """
 
     id = WARM
 
-    def __init__(self, daemon: Daemon, session_id: str) -> None:
+    def __init__(self, daemon: Daemon, session_id: str, *, verbose: bool = False) -> None:
         self.client = console_script("buildd-client")
         self.daemon = daemon
         self.session_id = session_id
+        self.verbose = verbose
 
-    def command(self, src: Path, outdir: Path) -> list[str]:
+    def command(self, src: Path, outdir: Path, config: Config = NO_CONFIG) -> list[str]:
         return [
             self.client,
             "--address",
             self.daemon.address,
             "--session",
             self.session_id,
+            *(["-v"] if self.verbose else []),
             "build",
             "--wheel",
+            *(f"-C{key}={value}" for key, value in config.items()),
             "-o",
             str(outdir),
             str(src),
@@ -92,8 +111,8 @@ class BuilddCold(BuilddWarm):
 
     id = COLD
 
-    def __init__(self, daemon: Daemon) -> None:
-        super().__init__(daemon, "")
+    def __init__(self, daemon: Daemon, *, verbose: bool = True) -> None:
+        super().__init__(daemon, "", verbose=verbose)
 
     def before(self) -> None:
         opened = subprocess.run(
@@ -121,13 +140,32 @@ class BuilddCold(BuilddWarm):
             self.session_id = ""
 
 
+class BuilddNewKey(BuilddCold):
+    """The first build of a new session on a daemon whose store lacks the key.
+
+    ``empty_store`` runs (untimed) before the session is opened: it empties
+    the daemon's store and raises when an instance is still on disk, so the
+    timed build always creates its environment.
+    """
+
+    id = NEWKEY
+
+    def __init__(self, daemon: Daemon, empty_store: Callable[[], None]) -> None:
+        super().__init__(daemon)
+        self.empty_store = empty_store
+
+    def before(self) -> None:
+        self.empty_store()
+        super().before()
+
+
 class UvBuild(Tool):
     id = UV
 
     def __init__(self, uv: str) -> None:
         self.uv = uv
 
-    def command(self, src: Path, outdir: Path) -> list[str]:
+    def command(self, src: Path, outdir: Path, config: Config = NO_CONFIG) -> list[str]:
         return [
             self.uv,
             "build",
@@ -137,6 +175,7 @@ class UvBuild(Tool):
             INDEX_URL,
             "--python",
             sys.executable,
+            *(f"--config-setting={key}={value}" for key, value in config.items()),
             "--out-dir",
             str(outdir),
             str(src),
@@ -148,8 +187,12 @@ class PyBuild(Tool):
 
     id = PYBUILD
 
-    def command(self, src: Path, outdir: Path) -> list[str]:
-        return [sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir), str(src)]
+    def command(self, src: Path, outdir: Path, config: Config = NO_CONFIG) -> list[str]:
+        return [
+            *(sys.executable, "-m", "build", "--wheel"),
+            *(f"--config-setting={key}={value}" for key, value in config.items()),
+            *("--outdir", str(outdir), str(src)),
+        ]
 
     def environ(self) -> dict[str, str]:
         # build has no index flag: the pip it runs reads the index from here.
@@ -157,17 +200,25 @@ class PyBuild(Tool):
 
 
 class PipWheel(Tool):
+    """``pip wheel --no-deps``; ``verbose`` adds ``-v``, without which pip hides the
+    backend's output (P6 reads the compiler lines from it)."""
+
     id = PIP
 
-    def command(self, src: Path, outdir: Path) -> list[str]:
+    def __init__(self, *, verbose: bool = False) -> None:
+        self.verbose = verbose
+
+    def command(self, src: Path, outdir: Path, config: Config = NO_CONFIG) -> list[str]:
         return [
             sys.executable,
             "-m",
             "pip",
             "wheel",
+            *(["-v"] if self.verbose else []),
             "--no-deps",
             "--index-url",
             INDEX_URL,
+            *(f"--config-settings={key}={value}" for key, value in config.items()),
             "--wheel-dir",
             str(outdir),
             str(src),
@@ -189,11 +240,30 @@ def find_uv() -> str:
 def run_tool(tool: Tool, ws: Workspace, project: Project, round_: int) -> Sample:
     """Restore the tree, then time the tool's whole process with perf_counter."""
     src = ws.fresh_tree(project)
+    return build_once(tool, ws, src, project.id, round_)
+
+
+def build_once(
+    tool: Tool, ws: Workspace, src: Path, label: str, round_: int, config: Config = NO_CONFIG
+) -> Sample:
+    """Time one build of ``src`` (as it is) into a fresh output folder; check its wheel.
+
+    The tool's untimed preparation and cleanup run around the timed process;
+    a preparation that fails makes a failed sample, not a crash of the run.
+    """
     outdir = ws.fresh_outdir()
-    log_path = ws.log_file(f"r{round_}-{project.id}-{tool.id}.log")
-    tool.before()
+    log_path = ws.log_file(f"r{round_}-{label}-{tool.id}.log")
+    sample = Sample(tool.id, label, round_, math.nan, ok=False, log_path=str(log_path))
     try:
-        command = tool.command(src, outdir)
+        tool.before()
+    except Exception as exc:
+        sample.error = f"the untimed preparation failed: {exc!r}"
+        with contextlib.suppress(Exception):
+            tool.after()
+        shutil.rmtree(outdir, ignore_errors=True)
+        return sample
+    try:
+        command = tool.command(src, outdir, config)
         env = tool.environ()
         with log_path.open("wb") as out:
             start = time.perf_counter()
@@ -210,11 +280,10 @@ def run_tool(tool: Tool, ws: Workspace, project: Project, round_: int) -> Sample
                 ).returncode
             except subprocess.TimeoutExpired:
                 returncode = None
-            seconds = time.perf_counter() - start
+            sample.seconds = time.perf_counter() - start
     finally:
         tool.after()
     wheels = sorted(outdir.glob("*.whl"))
-    sample = Sample(tool.id, project.id, round_, seconds, ok=False)
     if returncode is None:
         sample.error = f"killed after {RUN_TIMEOUT:.0f}s:\n{tail(log_path)}"
     elif returncode != 0:
