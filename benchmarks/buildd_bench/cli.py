@@ -88,6 +88,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--p5-sessions", type=int, default=1000, help="P5 sessions")
     parser.add_argument("--p5b-keys", type=int, default=50, help="P5b keys in the store")
     parser.add_argument("--p5b-slots", type=int, default=4, help="P5b instances per key")
+    parser.add_argument(
+        "--p6-rounds", type=int, default=3, help="P6 rebuilds per tool and project (default: 3)"
+    )
     parser.add_argument("--p7-saves", type=int, default=10, help="P7 saves per project")
     parser.add_argument("--p8-calls", type=int, default=200, help="P8 status calls per address")
     parser.add_argument(

@@ -155,7 +155,7 @@ def figure_p6(ctx: Context) -> Figure:
         PyBuild(),
         PipWheel(verbose=True),
     ]
-    rounds = ctx.args.rounds
+    rounds = ctx.args.p6_rounds
     runs: dict[tuple[str, str], list[NativeRun]] = {}
     broken: set[tuple[str, str]] = set()
     for fixture in NATIVE_FIXTURES:
@@ -236,7 +236,7 @@ def _p6_figure(
     created = sum(1 for r in buildd_runs if r.created_environment)
     details = "\n".join(
         [
-            f"Median wall time of {ctx.args.rounds} rebuilds per tool and project, each "
+            f"Median wall time of {ctx.args.p6_rounds} rebuilds per tool and project, each "
             f"after `{TOUCHED}` was edited (untimed) in the tool's own copy of the tree, "
             f"with `-C build-dir={BUILD_DIR}` kept from the tool's previous build (an untimed "
             "full build came first). buildd: `buildd-client -v build --wheel` as the first "
