@@ -1,43 +1,52 @@
 """The gRPC servicer: translates between buildd.v1 messages and the service.
 
-Nothing here decides anything. Long calls run the service in a worker thread
-that pushes events into a bounded queue; the RPC's generator drains it. When
-the RPC ends for any reason (client cancel, disconnect, deadline, shutdown),
-gRPC runs the callback that sets the request's cancel event, which kills the
-running hook's process group.
+Nothing here decides anything. Every method is a coroutine on the event
+loop. Unary calls run their (blocking) service logic in the bounded executor;
+long calls run the service in a worker thread of their own whose events come
+back through a bounded ``Bridge``. When the RPC ends for any reason (client
+cancel, disconnect, deadline, shutdown) the request's cancel event is set,
+which kills the running hook's process group.
 """
 
 from __future__ import annotations
 
-import os
-import queue
+import asyncio
 import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import grpc
 import structlog
 
-from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
 
-from . import errors
-from .auth import Authenticator, Principal
-from .blobs import parse_digest
-from .events import Event, Log, Phase
-from .service import ArtifactOutcome, BuildService, Dist, MetadataOutcome, Request, RequiresOutcome
+from .. import errors
+from ..auth import Authenticator, Principal
+from ..events import Event, Log, Phase
+from . import decode, failures
+from .limits import Limits
+from .status import StatusSource
+from .streams import Bridge, Calls
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable
 
-    from .config import Config
-    from .environments import Environment
-    from .keys import EnvKey
-    from .pool import Pool
-    from .sessions import SessionRegistry
+    import grpc.aio
+
+    from ..config import Config
+    from ..environments import Environment
+    from ..keys import EnvKey
+    from ..pool import Pool
+    from ..requests import Request
+    from ..service import ArtifactOutcome, BuildService, MetadataOutcome, RequiresOutcome
+    from ..sessions import SessionRegistry
+    from .streams import Blocking
     from .transfers import Transfers
+
+    Context = grpc.aio.ServicerContext[Any, Any]
+    Emit = Callable[[Event], None]
+    Work = Callable[[Request, Emit, threading.Event], pb.Result]
 
 log = structlog.get_logger("buildd.servicer")
 T = TypeVar("T")
@@ -52,23 +61,12 @@ _PHASES: dict[str, int] = {
     "hook_finished": pb.PHASE_KIND_HOOK_FINISHED,
     "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
 }
-_DISTS: dict[int, Dist] = {
-    pb.DISTRIBUTION_WHEEL: "wheel",
-    pb.DISTRIBUTION_SDIST: "sdist",
-    pb.DISTRIBUTION_EDITABLE: "editable",
-}
-_DIST_NUMBERS = {name: number for number, name in _DISTS.items()}
-# Bounded so a backend printing without end cannot grow the daemon's memory:
-# when the client reads slowly, the hook's pipe fills and the hook waits.
-_QUEUE_SIZE = 512
-_MAX_SETTINGS = 256
-_MAX_SETTING_BYTES = 64 * 1024
 
 
 class _End:
-    """Queue sentinel carrying the worker's outcome."""
+    """The worker's last item: its outcome."""
 
-    def __init__(self, value: object = None, error: errors.BuilddError | None = None) -> None:
+    def __init__(self, value: pb.Result | None = None, error: errors.BuilddError | None = None):
         self.value = value
         self.error = error
 
@@ -82,72 +80,56 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         registry: SessionRegistry,
         pool: Pool[EnvKey, Environment],
         installer_name: str,
+        *,
+        blocking: Blocking,
         auth: Authenticator | None = None,
         transfers: Transfers | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._config = config
-        # Who calls (auth.py) and uploads/downloads (transfers.py).
+        # Who calls (auth.py), what they may hold (limits.py), bytes (transfers.py).
         self._auth = auth or Authenticator()
+        self._limits = limits or Limits(config.caps)
         self._transfers = transfers
-        self._address = address
         self._service = service
         self._registry = registry
-        self._pool = pool
-        self._installer_name = installer_name
-        self._started_at = time.time()
-        # Long-call RPCs not yet over, and worker threads still running
-        # (a worker outlives its RPC briefly while its hook is being killed).
-        self.active_calls = 0
-        self.workers = 0
-        self._calls = threading.Condition()
+        self._blocking = blocking
+        self._metrics = service.metrics
+        self.status_source = StatusSource(
+            config, address, installer_name, time.time(), service, registry, pool
+        )
+        self.calls = Calls()
         # Set by the daemon: begins a drain (the Shutdown RPC).
         self.on_shutdown: Callable[[float], None] | None = None
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no long call runs; False when ``timeout`` passed first."""
-        with self._calls:
-            return self._calls.wait_for(lambda: self.active_calls == 0, timeout=timeout)
-
-    def wait_workers(self, timeout: float) -> bool:
-        """Wait until every worker thread has ended; False when ``timeout`` passed first."""
-        with self._calls:
-            return self._calls.wait_for(lambda: self.workers == 0, timeout=timeout)
-
     # ------------------------------------------------------------ sessions --
 
-    def OpenSession(
-        self, request: pb.OpenSessionRequest, context: grpc.ServicerContext
-    ) -> pb.SessionInfo:
-        def run() -> pb.SessionInfo:
-            who = self._who(context)
+    async def OpenSession(self, request: pb.OpenSessionRequest, context: Context) -> pb.SessionInfo:
+        def run(who: Principal) -> pb.SessionInfo:
             if self._service.draining:
                 raise errors.Unavailable("the daemon is shutting down and opens no sessions")
-            session = self._registry.open(request.client_name[:200], principal=who.name)
+            client_name = request.client_name[:200]
+            # Counting and opening under one lock: concurrent opens cannot pass the cap.
+            with self._limits.creating:
+                self._limits.check(who.name, "sessions", len(self._registry.all(who.name)))
+                session = self._registry.open(client_name, principal=who.name)
             log.info(
-                "session_opened",
-                session=session.id[:8],
-                client=request.client_name[:200],
-                principal=who.name,
+                "session_opened", session=session.id[:8], client=client_name, principal=who.name
             )
             return self._session_info(session.id, session.created_at, who.name)
 
-        return self._unary(context, run)
+        return await self._unary(context, run)
 
-    def JoinSession(
-        self, request: pb.JoinSessionRequest, context: grpc.ServicerContext
-    ) -> pb.SessionInfo:
-        def run() -> pb.SessionInfo:
-            who = self._who(context)
+    async def JoinSession(self, request: pb.JoinSessionRequest, context: Context) -> pb.SessionInfo:
+        def run(who: Principal) -> pb.SessionInfo:
             session = self._registry.get(request.session_id, principal=who.name)
             return self._session_info(session.id, session.created_at, who.name)
 
-        return self._unary(context, run)
+        return await self._unary(context, run)
 
-    def KeepAlive(
-        self, request: pb.KeepAliveRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.KeepAliveResponse]:
-        ended = threading.Event()
-        context.add_callback(ended.set)
+    async def KeepAlive(
+        self, request: pb.KeepAliveRequest, context: Context
+    ) -> AsyncIterator[pb.KeepAliveResponse]:
         interval = request.interval_seconds or min(30.0, self._config.session_ttl / 3)
         interval = max(0.05, interval)
         try:
@@ -155,36 +137,34 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             holder = self._registry.keepalive(request.session_id, principal=who.name)
             holder.__enter__()
         except errors.BuilddError as exc:
-            context.abort(exc.status, exc.message)
+            await failures.abort(context, exc, self._metrics)
+        # Waiting costs a sleeping coroutine; a cancel or disconnect raises in the sleep.
         try:
-            while not ended.is_set() and not self._service.draining:
+            while not self._service.draining:
                 yield pb.KeepAliveResponse(now=time.time())
-                ended.wait(interval)
+                await asyncio.sleep(interval)
         finally:
             holder.__exit__(None, None, None)
 
-    def CloseSession(
-        self, request: pb.CloseSessionRequest, context: grpc.ServicerContext
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Context
     ) -> pb.CloseSessionResponse:
-        def run() -> pb.CloseSessionResponse:
-            session = self._registry.close(request.session_id, principal=self._who(context).name)
+        def run(who: Principal) -> pb.CloseSessionResponse:
+            session = self._registry.close(request.session_id, principal=who.name)
             deleted, pending = self._service.last_end_counts(session.id)
             return pb.CloseSessionResponse(
                 environments_deleted=deleted, environments_pending=pending
             )
 
-        return self._unary(context, run)
+        return await self._unary(context, run)
 
     # ---------------------------------------------------------- long calls --
 
-    def GetRequires(
-        self, request: pb.GetRequiresRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Event]:
-        dist = _DISTS.get(request.distribution or pb.DISTRIBUTION_WHEEL)
-
-        def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
-            if dist is None:
-                raise errors.InvalidRequest(f"distribution: unknown value {request.distribution}")
+    async def GetRequires(
+        self, request: pb.GetRequiresRequest, context: Context
+    ) -> AsyncIterator[pb.Event]:
+        def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
+            dist = decode.distribution(request.distribution)
             out: RequiresOutcome = self._service.get_requires(req, dist, emit, cancel)
             return pb.Result(
                 requires=pb.RequiresResult(
@@ -195,21 +175,14 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 )
             )
 
-        return self._stream(request.context, context, "get_requires", run)
+        async for event in self._stream(request.context, context, "get_requires", run):
+            yield event
 
-    def PrepareMetadata(
-        self, request: pb.PrepareMetadataRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Event]:
-        dist = _DISTS.get(request.distribution or pb.DISTRIBUTION_WHEEL)
-
-        def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
-            if dist not in ("wheel", "editable"):
-                raise errors.InvalidRequest(
-                    f"distribution: metadata is prepared for WHEEL or EDITABLE, not "
-                    f"{pb.Distribution.Name(request.distribution)}"
-                    if request.distribution in _DISTS
-                    else f"distribution: unknown value {request.distribution}"
-                )
+    async def PrepareMetadata(
+        self, request: pb.PrepareMetadataRequest, context: Context
+    ) -> AsyncIterator[pb.Event]:
+        def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
+            dist = decode.metadata_distribution(request.distribution)
             out: MetadataOutcome = self._service.prepare_metadata(req, dist, emit, cancel)
             return pb.Result(
                 metadata=pb.MetadataResult(
@@ -220,16 +193,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 )
             )
 
-        return self._stream(request.context, context, "prepare_metadata", run)
+        async for event in self._stream(request.context, context, "prepare_metadata", run):
+            yield event
 
-    def Build(self, request: pb.BuildRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
-        def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
-            dists: list[Dist] = []
-            for index, number in enumerate(request.distributions):
-                name = _DISTS.get(number)
-                if name is None:
-                    raise errors.InvalidRequest(f"distributions[{index}]: unknown value {number}")
-                dists.append(name)
+    async def Build(self, request: pb.BuildRequest, context: Context) -> AsyncIterator[pb.Event]:
+        def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
+            dists = decode.distributions(request.distributions)
             out: list[ArtifactOutcome] = self._service.build(
                 req, dists, request.wheel_from_sdist, request.output_directory, emit, cancel
             )
@@ -237,7 +206,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 build=pb.BuildResult(
                     artifacts=[
                         pb.Artifact(
-                            distribution=_DIST_NUMBERS[a.distribution],  # type: ignore[arg-type]
+                            distribution=decode.DIST_NUMBERS[a.distribution],  # type: ignore[arg-type]
                             path=str(a.path),
                             filename=a.path.name,
                             size=a.size,
@@ -249,23 +218,19 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             )
 
         outdir = (("output_directory", request.output_directory),)
-        return self._stream(request.context, context, "build", run, outdir)
+        async for event in self._stream(request.context, context, "build", run, outdir):
+            yield event
 
     # --------------------------------------------------------------- status --
 
-    def GetStatus(
-        self, request: pb.GetStatusRequest, context: grpc.ServicerContext
-    ) -> pb.StatusResponse:
-        def run() -> pb.StatusResponse:
-            return self._status(request.session_id, self._who(context))
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.StatusResponse:
+        def run(who: Principal) -> pb.StatusResponse:
+            return self.status_source.status(request.session_id, who)
 
-        return self._unary(context, run)
+        return await self._unary(context, run)
 
-    def Shutdown(
-        self, request: pb.ShutdownRequest, context: grpc.ServicerContext
-    ) -> pb.ShutdownResponse:
-        def run() -> pb.ShutdownResponse:
-            who = self._who(context)
+    async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownResponse:
+        def run(who: Principal) -> pb.ShutdownResponse:
             if self._auth.tokens_configured and not who.admin:
                 raise errors.PermissionDenied(
                     f"Shutdown: principal {who.name!r} is not an admin of this daemon (--admin)"
@@ -273,39 +238,48 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             if request.grace_seconds < 0:
                 raise errors.InvalidRequest(f"grace_seconds: {request.grace_seconds} is negative")
             log.info("shutdown_requested", principal=who.name)
-            active = self.active_calls
+            active = self.calls.active
             if self.on_shutdown is None:
                 raise errors.Unavailable("this daemon cannot be stopped over the wire")
             self.on_shutdown(request.grace_seconds or self._config.grace)
             return pb.ShutdownResponse(active_calls=active)
 
-        return self._unary(context, run)
+        return await self._unary(context, run)
 
     # ------------------------------------------------- uploads, downloads --
 
-    def FindMissingBlobs(
-        self, request: pb.FindMissingBlobsRequest, context: grpc.ServicerContext
+    async def FindMissingBlobs(
+        self, request: pb.FindMissingBlobsRequest, context: Context
     ) -> pb.FindMissingBlobsResponse:
-        return self._unary(
-            context, lambda: self._transfers_for().find_missing(request, self._who(context))
+        return await self._unary(
+            context, lambda who: self._transfers_for().find_missing(request, who)
         )
 
-    def UploadBlob(
-        self, request_iterator: Iterator[pb.UploadBlobRequest], context: grpc.ServicerContext
+    async def UploadBlob(
+        self, request_iterator: AsyncIterator[pb.UploadBlobRequest], context: Context
     ) -> pb.UploadBlobResponse:
-        return self._unary(
-            context, lambda: self._transfers_for().upload(request_iterator, self._who(context))
-        )
-
-    def DownloadArtifact(
-        self, request: pb.DownloadArtifactRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.DownloadArtifactResponse]:
         try:
-            yield from self._transfers_for().download(request, self._who(context))
+            who = self._who(context)
+            with self._limits.acquire(who.name, "uploads"):
+                return await self._transfers_for().upload(request_iterator, who)
         except errors.BuilddError as exc:
-            log.info("request_failed", error=type(exc).__name__, message=exc.message)
-            self._count_error(exc.status)
-            context.abort(exc.status, exc.message)
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "UploadBlob")
+        await failures.abort(context, error, self._metrics)
+
+    async def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: Context
+    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        try:
+            async for response in self._transfers_for().download(request, self._who(context)):
+                yield response
+            return
+        except errors.BuilddError as exc:
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "DownloadArtifact")
+        await failures.abort(context, error, self._metrics)
 
     def _transfers_for(self) -> Transfers:
         if self._service.draining:
@@ -314,62 +288,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             raise errors.Unavailable("this daemon keeps no blob cache: uploads are off")
         return self._transfers
 
-    def _who(self, context: grpc.ServicerContext) -> Principal:
+    def _who(self, context: Context) -> Principal:
         return self._auth.principal(context)
-
-    def _status(self, only: str, who: Principal) -> pb.StatusResponse:
-        # Admins see every session; everyone else only their own (auth.py).
-        scope = None if who.admin else who.name
-        sessions = (
-            [self._registry.peek(only, principal=scope)] if only else self._registry.all(scope)
-        )
-        entries = self._pool.snapshot()
-        response = pb.StatusResponse(
-            daemon=pb.DaemonInfo(
-                pid=os.getpid(),
-                version=__version__,
-                address=self._address,
-                state_dir=str(self._config.state_dir),
-                started_at=self._started_at,
-                installer=self._installer_name,
-                max_envs=self._config.max_envs,
-                max_envs_per_key=self._config.max_envs_per_key,
-                draining=self._service.draining,
-            ),
-            principal=who.name,
-            admin=who.admin,
-        )
-        for session in sessions:
-            status = response.sessions.add(
-                session_id=session.id,
-                client_name=session.client_name,
-                created_at=session.created_at,
-                last_active_at=time.time() - (time.monotonic() - session.last_active),
-                keepalives=session.keepalives,
-                principal=session.principal,
-            )
-            for entry in entries:
-                if entry.owner != session.id:
-                    continue
-                env = entry.instance
-                status.environments.add(
-                    id=env.id,
-                    path=str(env.path),
-                    key_id=env.key.id,
-                    interpreter=env.interpreter.executable,
-                    python_version=env.interpreter.version,
-                    requirements=list(env.key.requirements),
-                    state=(
-                        pb.ENVIRONMENT_STATE_LEASED
-                        if entry.state == "leased"
-                        else pb.ENVIRONMENT_STATE_IDLE
-                    ),
-                    hook_calls=env.hook_calls,
-                    created_at=env.created_at,
-                    last_used_at=env.last_used_at,
-                    sources=self._service.sources_of(session.id, env),
-                )
-        return response
 
     # ------------------------------------------------------------ plumbing --
 
@@ -381,164 +301,92 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             principal=principal,
         )
 
-    def _unary(self, context: grpc.ServicerContext, run: Callable[[], T]) -> T:
-        try:
-            return run()
-        except errors.BuilddError as exc:
-            log.info("request_failed", error=type(exc).__name__, message=exc.message)
-            self._count_error(exc.status)
-            context.abort(exc.status, exc.message)
-        except Exception as exc:
-            log.exception("internal_error")
-            self._count_error(grpc.StatusCode.INTERNAL)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
-
-    def _count_error(self, status: grpc.StatusCode) -> None:
-        self._service.metrics.errors.labels(code=status.name).inc()
-
-    def _stream(
-        self,
-        wire: pb.BuildContext,
-        context: grpc.ServicerContext,
-        name: str,
-        run: Callable[[Request, Callable[[Event], None], threading.Event], pb.Result],
-        paths: tuple[tuple[str, str], ...] = (),
-    ) -> Iterator[pb.Event]:
-        started = time.monotonic()
-        cancel = threading.Event()
-        with self._calls:
-            self.active_calls += 1
-
-        def done() -> None:
-            # Runs once when the RPC is over, final status sent or cancelled:
-            # that is what a drain waits for, not the worker's end.
-            cancel.set()
-            with self._calls:
-                self.active_calls -= 1
-                self._calls.notify_all()
-
-        if not context.add_callback(done):
-            done()
-        events: queue.Queue[pb.Event | _End] = queue.Queue(maxsize=_QUEUE_SIZE)
-
-        def put(item: pb.Event | _End) -> None:
-            while not cancel.is_set():
-                try:
-                    events.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        def emit(event: Event) -> None:
-            put(_to_wire(event, started))
-
-        remaining = context.time_remaining()
+    async def _unary(self, context: Context, run: Callable[[Principal], T]) -> T:
+        """Run a unary call's blocking logic in the executor; errors become its status."""
         try:
             who = self._who(context)
-            request = _decode(wire, None if remaining is None else started + remaining, who.name)
-            # A remote principal names daemon paths only under --allow-path.
-            for field, path in (("context.source.path", wire.source.path), *paths):
-                self._auth.check_path(who, path, field)
+            return await self._blocking(run, who)
         except errors.BuilddError as exc:
-            self._count_error(exc.status)
-            yield pb.Event(failure=_failure(exc))
-            context.abort(exc.status, exc.message)
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "unary call")
+        await failures.abort(context, error, self._metrics)
 
-        request_id = uuid.uuid4().hex[:12]
+    async def _stream(
+        self,
+        wire: pb.BuildContext,
+        context: Context,
+        name: str,
+        run: Work,
+        paths: tuple[tuple[str, str], ...] = (),
+    ) -> AsyncIterator[pb.Event]:
+        started = time.monotonic()
+        cancel = threading.Event()
+        end_call = self.calls.call_started()
 
-        def work() -> None:
-            # Every log event of this request, from any module, carries these.
-            structlog.contextvars.bind_contextvars(
-                request=request_id, call=name, session=request.session_id[:8]
-            )
-            with self._calls:
-                self.workers += 1
+        def over(_context: Any = None) -> None:
+            # Once the RPC is over (status sent, cancelled, or its coroutine
+            # ended): the hook is killed, and that is what a drain waits for.
+            cancel.set()
+            end_call()
+
+        # (The stubs type the callback as a class of their own.)
+        context.add_done_callback(over)  # type: ignore[arg-type]
+        try:
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else started + remaining
             try:
-                put(_End(value=run(request, emit, cancel)))
+                who = self._who(context)
+                request = decode.context(wire, deadline, who.name)
+                for field, path in paths:
+                    if path:
+                        decode.check_absolute_path(path, field)
+                # A remote principal names daemon paths only under --allow-path.
+                for field, path in (("context.source.path", wire.source.path), *paths):
+                    self._auth.check_path(who, path, field)
             except errors.BuilddError as exc:
-                put(_End(error=exc))
-            except Exception as exc:
-                log.exception("internal_error", call=name)
-                put(_End(error=errors.BuilddError(f"internal error in {name}: {exc!r}")))
-            finally:
-                with self._calls:
-                    self.workers -= 1
-                    self._calls.notify_all()
+                yield pb.Event(failure=failures.failure(exc))
+                await failures.abort(context, exc, self._metrics, call=name)
 
-        threading.Thread(target=work, name=f"buildd-{name}", daemon=True).start()
-        while True:
-            try:
-                item = events.get(timeout=0.1)
-            except queue.Empty:
-                # Once the RPC is over nobody reads this generator again; the
-                # worker drops its remaining events, so stop waiting for them
-                # rather than pinning one of the server's threads for good.
-                if cancel.is_set():
+            bridge: Bridge[pb.Event | _End] = Bridge(asyncio.get_running_loop())
+            request_id = uuid.uuid4().hex[:12]
+
+            def emit(event: Event) -> None:
+                bridge.put(_to_wire(event, started), cancel)
+
+            def work() -> None:
+                # Every log event of this request, from any module, carries these.
+                structlog.contextvars.bind_contextvars(
+                    request=request_id, call=name, session=request.session_id[:8]
+                )
+                try:
+                    end = _End(value=run(request, emit, cancel))
+                except errors.BuilddError as exc:
+                    end = _End(error=exc)
+                except Exception as exc:
+                    end = _End(error=failures.internal(exc, name))
+                bridge.put(end, cancel)
+
+            self.calls.start_worker(f"buildd-{name}", work)
+            while True:
+                item = await bridge.get()
+                if isinstance(item, pb.Event):
+                    yield item
+                elif item.error is None:
+                    assert item.value is not None
+                    yield pb.Event(result=item.value)
                     return
-                continue
-            if isinstance(item, pb.Event):
-                yield item
-                continue
-            if item.error is None:
-                assert isinstance(item.value, pb.Result)
-                yield pb.Event(result=item.value)
-                return
-            error = item.error
-            log.info(
-                "request_failed",
-                call=name,
-                error=type(error).__name__,
-                message=error.message,
-                session=request.session_id[:8],
-            )
-            self._count_error(error.status)
-            yield pb.Event(failure=_failure(error))
-            context.abort(error.status, error.message)
-
-
-def _decode(wire: pb.BuildContext, deadline: float | None, principal: str) -> Request:
-    where = wire.source.WhichOneof("location") if wire.HasField("source") else None
-    if where == "digest":
-        parse_digest(wire.source.digest, "context.source.digest")
-    elif not wire.source.path:
-        raise errors.InvalidRequest(
-            "context.source: a source path or the digest of an uploaded archive is required"
-        )
-    if len(wire.config_settings) > _MAX_SETTINGS:
-        raise errors.InvalidRequest(
-            f"context.config_settings: {len(wire.config_settings)} entries, at most "
-            f"{_MAX_SETTINGS} are accepted"
-        )
-    settings: dict[str, str | list[str]] = {}
-    for index, item in enumerate(wire.config_settings):
-        size = len(item.key) + sum(len(v) for v in item.values)
-        if not item.key:
-            raise errors.InvalidRequest(f"context.config_settings[{index}].key is empty")
-        if size > _MAX_SETTING_BYTES:
-            raise errors.InvalidRequest(
-                f"context.config_settings[{index}] ({item.key[:40]!r}) is {size} bytes, "
-                f"at most {_MAX_SETTING_BYTES} are accepted"
-            )
-        if "\0" in item.key or any("\0" in v for v in item.values):
-            raise errors.InvalidRequest(
-                f"context.config_settings[{index}] ({item.key[:40]!r}) contains a NUL character"
-            )
-        values = list(item.values)
-        previous = settings.get(item.key)
-        if previous is None:
-            settings[item.key] = values[0] if len(values) == 1 else values
-        else:
-            merged = [previous] if isinstance(previous, str) else list(previous)
-            settings[item.key] = merged + values
-    return Request(
-        session_id=wire.session_id,
-        source=wire.source.digest if where == "digest" else wire.source.path,
-        principal=principal,
-        python=wire.python,
-        config_settings=settings,
-        quiet=wire.quiet,
-        deadline=deadline,
-    )
+                else:
+                    yield pb.Event(failure=failures.failure(item.error))
+                    await failures.abort(
+                        context,
+                        item.error,
+                        self._metrics,
+                        call=name,
+                        session=request.session_id[:8],
+                    )
+        finally:
+            over()
 
 
 def _to_wire(event: Event, started: float) -> pb.Event:
@@ -558,15 +406,3 @@ def _to_wire(event: Event, started: float) -> pb.Event:
             step_seconds=event.step_seconds,
         )
     )
-
-
-def _failure(exc: errors.BuilddError) -> pb.Failure:
-    kwargs: dict[str, Any] = {
-        "kind": exc.kind,
-        "status_code": exc.status.value[0],
-        "message": exc.message,
-        "hook": exc.hook,
-        "last_lines": exc.last_lines[-50:],
-        "path": exc.path,
-    }
-    return pb.Failure(**kwargs)
