@@ -160,6 +160,8 @@ class CallGate(grpc.aio.ServerInterceptor):
         self._limits = limits
         self._auth = auth
         self._metrics = metrics
+        # The wrapped handler of each method, made once: they hold no per-call state.
+        self._wrapped: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -172,8 +174,13 @@ class CallGate(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or method.startswith(OPEN_SERVICES):
             return handler
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
         name = method.rpartition("/")[2]
-        return self._wrap(handler, name, MESSAGE_LIMITS.get(name, SMALL_MESSAGE))
+        wrapped = self._wrap(handler, name, MESSAGE_LIMITS.get(name, SMALL_MESSAGE))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], name: str, limit: int

@@ -125,7 +125,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             session = self._registry.get(request.session_id, principal=who.name)
             return self._session_info(session.id, session.created_at, who.name)
 
-        return await self._unary(context, run)
+        return await self._unary(context, run, blocking=False)
 
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: Context
@@ -227,7 +227,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         def run(who: Principal) -> pb.StatusResponse:
             return self.status_source.status(request.session_id, who)
 
-        return await self._unary(context, run)
+        return await self._unary(context, run, blocking=False)
 
     async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownResponse:
         def run(who: Principal) -> pb.ShutdownResponse:
@@ -244,7 +244,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             self.on_shutdown(request.grace_seconds or self._config.grace)
             return pb.ShutdownResponse(active_calls=active)
 
-        return await self._unary(context, run)
+        return await self._unary(context, run, blocking=False)
 
     # ------------------------------------------------- uploads, downloads --
 
@@ -301,11 +301,19 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             principal=principal,
         )
 
-    async def _unary(self, context: Context, run: Callable[[Principal], T]) -> T:
-        """Run a unary call's blocking logic in the executor; errors become its status."""
+    async def _unary(
+        self, context: Context, run: Callable[[Principal], T], *, blocking: bool = True
+    ) -> T:
+        """Run a unary call's logic; errors become its status.
+
+        Logic that touches the disk runs in the blocking executor. Logic that
+        only reads the daemon's state under its short in-memory locks
+        (``blocking=False``) runs on the loop: a hop to the executor and back
+        would cost more than the call.
+        """
         try:
             who = self._who(context)
-            return await self._blocking(run, who)
+            return await self._blocking(run, who) if blocking else run(who)
         except errors.BuilddError as exc:
             error = exc
         except Exception as exc:
