@@ -9,14 +9,13 @@ a signal, the Shutdown RPC or the idle timeout, drain, clean up), and blocks
 wherever that is simplest. The gRPC server (``grpc.aio``) runs on an event
 loop in a thread of its own, ``buildd-grpc``, so it keeps answering (health
 NOT_SERVING, status) while the main thread waits out a drain; the main thread
-hands it work with ``_EventLoop.call``. Long calls run in worker threads of
+hands it work with ``EventLoopThread.call``. Long calls run in worker threads of
 their own, short blocking work in the ``buildd-blocking`` executor
 (``wire/streams.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -28,7 +27,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import filelock
 import grpc
@@ -51,46 +50,22 @@ from .service import BuildService
 from .sessions import Session, SessionRegistry
 from .wire.limits import TRANSPORT_LIMIT, Limits
 from .wire.servicer import Servicer
-from .wire.streams import Blocking
+from .wire.streams import Blocking, EventLoopThread
 from .wire.transfers import Transfers
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
     from types import FrameType
 
     from .config import Config
     from .keys import EnvKey
 
 log = structlog.get_logger("buildd.daemon")
-T = TypeVar("T")
 
 SERVICE_NAME = buildd_pb2.DESCRIPTOR.services_by_name["Buildd"].full_name
 # Replies may be large (a METADATA file); requests are bounded per RPC (wire/limits.py).
 _MAX_SEND = 64 * 1024 * 1024
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class _EventLoop:
-    """An asyncio event loop running in a thread of its own."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="buildd-grpc", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the loop and wait for its result (from another thread)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
 
 
 class Daemon:
@@ -101,7 +76,7 @@ class Daemon:
         self.address = parse_address(config.address or default_address())
         self._lock: filelock.BaseFileLock | None = None
         self._server: grpc.aio.Server | None = None
-        self._events: _EventLoop | None = None
+        self._events: EventLoopThread | None = None
         self._blocking: futures.ThreadPoolExecutor | None = None
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
@@ -187,7 +162,7 @@ class Daemon:
         # Everything that can refuse to start does so before the socket exists.
         if self.config.metrics_address:
             self._serve_metrics(self.config.metrics_address)
-        self._events = _EventLoop()
+        self._events = EventLoopThread()
         self._server = self._events.call(self._serve())
         self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
         log.info(

@@ -23,8 +23,7 @@ from buildd.v1 import buildd_pb2_grpc
 
 from .. import errors
 from ..auth import Authenticator, Principal
-from ..events import Event, Log, Phase
-from . import decode, failures
+from . import decode, encode, failures
 from .limits import Limits
 from .status import StatusSource
 from .streams import Bridge, Calls
@@ -36,10 +35,11 @@ if TYPE_CHECKING:
 
     from ..config import Config
     from ..environments import Environment
+    from ..events import Event
     from ..keys import EnvKey
     from ..pool import Pool
     from ..requests import Request
-    from ..service import ArtifactOutcome, BuildService, MetadataOutcome, RequiresOutcome
+    from ..service import BuildService
     from ..sessions import SessionRegistry
     from .streams import Blocking
     from .transfers import Transfers
@@ -50,17 +50,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("buildd.servicer")
 T = TypeVar("T")
-
-_PHASES: dict[str, int] = {
-    "key_resolved": pb.PHASE_KIND_KEY_RESOLVED,
-    "waiting_for_environment": pb.PHASE_KIND_WAITING_FOR_ENVIRONMENT,
-    "creating_environment": pb.PHASE_KIND_CREATING_ENVIRONMENT,
-    "installing_requirements": pb.PHASE_KIND_INSTALLING_REQUIREMENTS,
-    "environment_leased": pb.PHASE_KIND_ENVIRONMENT_LEASED,
-    "running_hook": pb.PHASE_KIND_RUNNING_HOOK,
-    "hook_finished": pb.PHASE_KIND_HOOK_FINISHED,
-    "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
-}
 
 
 class _End:
@@ -165,15 +154,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     ) -> AsyncIterator[pb.Event]:
         def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
             dist = decode.distribution(request.distribution)
-            out: RequiresOutcome = self._service.get_requires(req, dist, emit, cancel)
-            return pb.Result(
-                requires=pb.RequiresResult(
-                    static_requirements=out.static,
-                    dynamic_requirements=out.dynamic,
-                    key_id=out.key_id,
-                    backend=out.backend,
-                )
-            )
+            return encode.requires(self._service.get_requires(req, dist, emit, cancel))
 
         async for event in self._stream(request.context, context, "get_requires", run):
             yield event
@@ -183,15 +164,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     ) -> AsyncIterator[pb.Event]:
         def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
             dist = decode.metadata_distribution(request.distribution)
-            out: MetadataOutcome = self._service.prepare_metadata(req, dist, emit, cancel)
-            return pb.Result(
-                metadata=pb.MetadataResult(
-                    metadata=out.metadata,
-                    dist_info_name=out.dist_info_name,
-                    dist_info_path=str(out.dist_info_path),
-                    from_wheel=out.from_wheel,
-                )
-            )
+            return encode.metadata(self._service.prepare_metadata(req, dist, emit, cancel))
 
         async for event in self._stream(request.context, context, "prepare_metadata", run):
             yield event
@@ -199,21 +172,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     async def Build(self, request: pb.BuildRequest, context: Context) -> AsyncIterator[pb.Event]:
         def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
             dists = decode.distributions(request.distributions)
-            out: list[ArtifactOutcome] = self._service.build(
-                req, dists, request.wheel_from_sdist, request.output_directory, emit, cancel
-            )
-            return pb.Result(
-                build=pb.BuildResult(
-                    artifacts=[
-                        pb.Artifact(
-                            distribution=decode.DIST_NUMBERS[a.distribution],  # type: ignore[arg-type]
-                            path=str(a.path),
-                            filename=a.path.name,
-                            size=a.size,
-                            sha256=a.sha256,
-                        )
-                        for a in out
-                    ]
+            return encode.build(
+                self._service.build(
+                    req, dists, request.wheel_from_sdist, request.output_directory, emit, cancel
                 )
             )
 
@@ -360,7 +321,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             request_id = uuid.uuid4().hex[:12]
 
             def emit(event: Event) -> None:
-                bridge.put(_to_wire(event, started), cancel)
+                bridge.put(encode.event(event, started), cancel)
 
             def work() -> None:
                 # Every log event of this request, from any module, carries these.
@@ -395,22 +356,3 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                     )
         finally:
             over()
-
-
-def _to_wire(event: Event, started: float) -> pb.Event:
-    if isinstance(event, Log):
-        stream = pb.LOG_STREAM_STDOUT if event.stream == "stdout" else pb.LOG_STREAM_STDERR
-        return pb.Event(log=pb.LogLine(stream=stream, text=event.text, hook=event.hook))
-    assert isinstance(event, Phase)
-    return pb.Event(
-        phase=pb.Phase(
-            kind=_PHASES[event.name],  # type: ignore[arg-type]
-            elapsed_seconds=time.monotonic() - started,
-            detail=event.detail,
-            key_id=event.key_id,
-            environment_path=event.environment_path,
-            hook=event.hook,
-            count=event.count,
-            step_seconds=event.step_seconds,
-        )
-    )

@@ -9,7 +9,8 @@ only when the bridge is full.
 
 ``Calls`` counts long calls and their workers for the drain (the daemon's
 main thread waits on it), ``Blocking`` runs short blocking work (a unary
-call's service logic, one upload or download chunk) in a bounded executor.
+call's service logic, one upload or download chunk) in a bounded executor,
+and ``EventLoopThread`` is the loop the gRPC server runs on.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import asyncio
 import contextvars
 import functools
 import threading
-from typing import TYPE_CHECKING, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
     from concurrent.futures import Executor
 
 T = TypeVar("T")
@@ -134,3 +135,25 @@ class Blocking:
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await loop.run_in_executor(self._executor, call)
+
+
+class EventLoopThread:
+    """An asyncio event loop running in a thread of its own (the gRPC server's)."""
+
+    def __init__(self, name: str = "buildd-grpc") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and wait for its result (from another thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
