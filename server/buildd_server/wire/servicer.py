@@ -1,9 +1,10 @@
 """The gRPC servicer: translates between buildd.v1 messages and the service.
 
 Nothing here decides anything. Every method is a coroutine on the event
-loop. Unary calls run their (blocking) service logic in the bounded executor;
-long calls run the service in a worker thread of their own whose events come
-back through a bounded ``Bridge``. When the RPC ends for any reason (client
+loop. Unary calls run their service logic in the bounded executor when it
+touches the disk, on the loop when it only reads in-memory state; long calls
+run the service in a worker thread of their own whose events come back
+through a bounded ``Bridge``. When the RPC ends for any reason (client
 cancel, disconnect, deadline, shutdown) the request's cancel event is set,
 which kills the running hook's process group.
 """
