@@ -28,7 +28,7 @@ from .daemon import free_port
 from .features import missing_nginx, reference_nginx_config
 from .figure import Figure
 from .settings import log, tail
-from .stats import fmt_ms, median, pctl
+from .stats import fmt_ms, fmt_ms_signed, median, pctl
 
 if TYPE_CHECKING:
     from buildd_client import Client
@@ -256,7 +256,7 @@ def figure_p8(ctx: Context) -> Figure:
         rows.append(
             f"| {name} | {len(direct_times)} | {fmt_ms(median(direct_times))} "
             f"| {fmt_ms(median(proxy_times))} | {fmt_ms(pctl(direct_times, 0.9))} "
-            f"| {fmt_ms(pctl(proxy_times, 0.9))} | {fmt_ms(added[name])} |"
+            f"| {fmt_ms(pctl(proxy_times, 0.9))} | {fmt_ms_signed(added[name])} |"
         )
     ctx.raw["P8"] = {"status": status, "metadata": metadata, "config": config}
     details = "\n".join(
@@ -273,12 +273,12 @@ def figure_p8(ctx: Context) -> Figure:
         ]
     )
     worst = max(added.values())
-    log(f"P8: added {fmt_ms(added['status'])} (status), {fmt_ms(added['metadata'])} (metadata)")
+    log(f"P8: status {fmt_ms_signed(added['status'])}, metadata {fmt_ms_signed(added['metadata'])}")
     return Figure(
         "P8",
         figure,
         goal,
-        f"status +{fmt_ms(added['status'])}, metadata +{fmt_ms(added['metadata'])}",
+        f"status {fmt_ms_signed(added['status'])}, metadata {fmt_ms_signed(added['metadata'])}",
         None if math.isnan(worst) else worst < 0.002,
         details,
     )

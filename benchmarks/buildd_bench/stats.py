@@ -37,3 +37,8 @@ def fmt_ms(seconds: float) -> str:
 
 def fmt_x(ratio: float) -> str:
     return "n/a" if math.isnan(ratio) else f"{ratio:.2f}x"
+
+
+def fmt_ms_signed(seconds: float) -> str:
+    """A difference: "+0.6 ms", "-1.2 ms"."""
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:+.1f} ms"
