@@ -168,8 +168,9 @@ def figure_p5b(ctx: Context) -> Figure:
             "each installing six from the index) with a metadata-only in-tree backend; a "
             "session keeps its instances while open, so each key got one instance per "
             f"session ({slots} slots). Then every session was closed, returning its "
-            "instances to the store. Instances counted on disk as "
-            "`<state>/envs/<principal>/<key-id>/<slot>` folders. The daemon ran with "
+            "instances to the store. Instances counted on disk: the "
+            "`<state>/envs/<principal>/<key-id>/<slot>` folders holding a virtualenv "
+            "(`pyvenv.cfg`). The daemon ran with "
             f"`{' '.join(flags)}` so that no cap evicts them.",
             "",
             "| measure | value |",

@@ -53,6 +53,8 @@ GOAL = 5.0
 # Ninja's status lines for a compile step, from CMake's and Meson's generators:
 # "[3/6] Building C object CMakeFiles/_bench_native.dir/src/gamma.c.o",
 # "[4/6] Compiling C object _bench_native.cpython-311-x86_64-linux-gnu.so.p/src_gamma.c.o".
+# buildd-client -v: "[   1.2s] build_wheel finished in 1.1s" after every hook.
+HOOK_FINISHED = re.compile(r"\] (\w+) finished in ([0-9.]+)s$", re.MULTILINE)
 NINJA_COMPILE = re.compile(
     r"^\s*\[\d+/\d+\] (?:Building|Compiling) (?:C|CXX|C\+\+) object (\S+)", re.MULTILINE
 )
@@ -90,6 +92,8 @@ class NativeRun:
     touched_compiled: bool = False
     untouched_compiled: list[str] = field(default_factory=list)
     created_environment: bool | None = None
+    # buildd only: the hooks' own time, as the daemon reported it (its phases).
+    hook_seconds: float | None = None
 
 
 def compiled_objects(log_text: str) -> list[str]:
@@ -144,6 +148,7 @@ def examine(fixture: NativeFixture, sample: Sample) -> NativeRun:
     run = NativeRun(sample, compiled, touched, untouched)
     if sample.tool == COLD:
         run.created_environment = created_environment(sample)
+        run.hook_seconds = sum(float(s) for _, s in HOOK_FINISHED.findall(text))
     return run
 
 
@@ -234,6 +239,10 @@ def _p6_figure(
     ctx.raw["P6"] = raw
     buildd_runs = [r for f in NATIVE_FIXTURES for r in runs.get((f.name, COLD), [])]
     created = sum(1 for r in buildd_runs if r.created_environment)
+    hooks = []
+    for f in NATIVE_FIXTURES:
+        own = [r.hook_seconds or 0.0 for r in runs.get((f.name, COLD), []) if r.sample.ok]
+        hooks.append(f"{f.name} {fmt_s(median(own))} s")
     details = "\n".join(
         [
             f"Median wall time of {ctx.args.p6_rounds} rebuilds per tool and project, each "
@@ -248,7 +257,8 @@ def _p6_figure(
             "",
             f"buildd's new sessions created an environment in {created} of "
             f"{len(buildd_runs)} rebuilds (0: the store's environment, at the same path, "
-            "was reused every time).",
+            "was reused every time). Of buildd's time, the hooks themselves took (median, "
+            f"as the daemon reports them): {', '.join(hooks)}.",
         ]
     )
     measured = "; ".join(f"{name} {fmt_x(r)}" for name, r in ratios.items())

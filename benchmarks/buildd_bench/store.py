@@ -10,11 +10,15 @@ from .settings import console_script, tool_environ
 
 
 def store_instances(state_dir: Path) -> list[Path]:
-    """The environment instances on disk: ``<state>/envs/<principal>/<key-id>/<slot>``."""
+    """The environment instances on disk: ``<state>/envs/<principal>/<key-id>/<slot>``.
+
+    An instance is a virtualenv (it has ``pyvenv.cfg``); the principal's
+    folder also holds other things (the installer's cache, the store's index).
+    """
     root = state_dir / "envs"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("*/*/*") if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.parent for p in root.glob("*/*/*/pyvenv.cfg"))
 
 
 def prune_store(daemon: Daemon) -> None:

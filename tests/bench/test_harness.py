@@ -105,12 +105,20 @@ def test_describe_edit_changes_only_the_project_description(tmp_path: Path) -> N
         watch.describe_edit(tmp_path / "bare.toml", 1)
 
 
-def test_store_instances_counts_slot_folders_only(tmp_path: Path) -> None:
+def test_store_instances_counts_virtualenvs_only(tmp_path: Path) -> None:
     for slot in ("envs/local/key1/0", "envs/local/key1/1", "envs/local/key2/0"):
         (tmp_path / slot).mkdir(parents=True)
-    (tmp_path / "envs/local/key2/.creating-1").mkdir()
-    (tmp_path / "envs/local/key2/manifest.json").write_text("{}")
-    assert len(store_instances(tmp_path)) == 3
+        (tmp_path / slot / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    # The principal's folder holds more than instances: the installer's cache, an index.
+    (tmp_path / "envs/local/installer-cache/archive-v0/x").mkdir(parents=True)
+    (tmp_path / "envs/local/store.json").write_text("{}")
+    (tmp_path / "envs/local/key2/1").mkdir()  # no virtualenv (yet)
+    found = store_instances(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "envs/local/key1/0",
+        "envs/local/key1/1",
+        "envs/local/key2/0",
+    ]
     assert store_instances(tmp_path / "nothing") == []
 
 
@@ -212,3 +220,14 @@ def test_the_reference_nginx_config_is_pointed_at_this_machine(tmp_path: Path) -
             check=False,
         )
         assert checked.returncode == 0, checked.stderr
+
+
+def test_buildd_hook_times_are_read_from_its_verbose_log() -> None:
+    text = (
+        "[   0.0s] using environment /state/envs/local/abc/0\n"
+        "[   0.3s] get_requires_for_build_wheel finished in 0.2s\n"
+        "[   1.5s] build_wheel finished in 1.1s\n"
+        "build_wheel finished in 9.9s, said the backend\n"
+    )
+    found = native.HOOK_FINISHED.findall(text)
+    assert found == [("get_requires_for_build_wheel", "0.2"), ("build_wheel", "1.1")]
