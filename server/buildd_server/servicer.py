@@ -51,6 +51,7 @@ _PHASES: dict[str, int] = {
     "running_hook": pb.PHASE_KIND_RUNNING_HOOK,
     "hook_finished": pb.PHASE_KIND_HOOK_FINISHED,
     "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
+    "cache_hit": pb.PHASE_KIND_CACHE_HIT,
 }
 _DISTS: dict[int, Dist] = {
     pb.DISTRIBUTION_WHEEL: "wheel",
@@ -192,6 +193,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                     dynamic_requirements=out.dynamic,
                     key_id=out.key_id,
                     backend=out.backend,
+                    cached=out.cached,
                 )
             )
 
@@ -217,6 +219,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                     dist_info_name=out.dist_info_name,
                     dist_info_path=str(out.dist_info_path),
                     from_wheel=out.from_wheel,
+                    cached=out.cached,
+                    source_fingerprint=out.fingerprint,
                 )
             )
 
@@ -250,6 +254,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
         outdir = (("output_directory", request.output_directory),)
         return self._stream(request.context, context, "build", run, outdir)
+
+    def WatchMetadata(
+        self, request: pb.WatchMetadataRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchMetadataEvent]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchMetadata is not served yet")
+        yield pb.WatchMetadataEvent()
 
     # --------------------------------------------------------------- status --
 
@@ -538,6 +548,7 @@ def _decode(wire: pb.BuildContext, deadline: float | None, principal: str) -> Re
         config_settings=settings,
         quiet=wire.quiet,
         deadline=deadline,
+        no_cache=wire.no_cache,
     )
 
 
@@ -556,6 +567,7 @@ def _to_wire(event: Event, started: float) -> pb.Event:
             hook=event.hook,
             count=event.count,
             step_seconds=event.step_seconds,
+            source_fingerprint=event.fingerprint,
         )
     )
 
