@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from buildd_client.remote import PackedSource
+    from buildd_client.watch import Watch
 
 __all__ = ["Client", "ConfigSettings", "Session", "resolve_address"]
 
@@ -359,6 +360,29 @@ class Session:
         )
         rpc = self._client.stub.PrepareMetadata(request, timeout=timeout)
         return Call(rpc, "metadata", lambda result: result.metadata)
+
+    def watch_metadata(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        python: str | None = None,
+        config_settings: ConfigSettings | None = None,
+        distribution: str = "wheel",
+    ) -> Watch:
+        """Watch the core metadata of the project directory ``source``.
+
+        The daemon sends the current metadata, then new metadata each time a
+        change of the tree changes it, and a failure each time preparing fails
+        (the watch goes on). Iterate the returned handle, or ``get(timeout)``;
+        ``cancel()`` ends the watch. The watch holds the session open.
+        """
+        from buildd_client.watch import Watch
+
+        request = pb.WatchMetadataRequest(
+            context=self._context(source, python, config_settings, quiet=True),
+            distribution=_distribution(distribution, ("wheel", "editable")),
+        )
+        return Watch(self._client.stub.WatchMetadata(request))
 
     def build(
         self,

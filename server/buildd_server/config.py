@@ -83,3 +83,5 @@ class Config:
     source_limits: SourceLimits = field(default_factory=SourceLimits)
     # Warm hook calls fork from a per-environment fork server (zygotes.py).
     fork_server: bool = True
+    # Open WatchMetadata streams per session (watches.py).
+    max_watches_per_session: int = 64

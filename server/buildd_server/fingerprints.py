@@ -214,7 +214,7 @@ class _Walker:
             at_root = folder == project
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    if not _skipped(entry.name, at_root):
+                    if not skipped(entry.name, at_root):
                         stack.append(entry.path)
                     continue
                 if entry.is_symlink():
@@ -247,7 +247,7 @@ class _Walker:
             return
         if stat.S_ISDIR(st.st_mode):
             self.lines.append(_line("link", path[cut:], target))
-            if not _skipped(os.path.basename(path), at_root):
+            if not skipped(os.path.basename(path), at_root):
                 stack.append(path)
             return
         self.lines.append(_line("link", path[cut:], target))
@@ -332,7 +332,7 @@ class _Walker:
             self._file(path, name, st)
 
 
-def _skipped(name: str, at_root: bool) -> bool:
+def skipped(name: str, at_root: bool) -> bool:
     return (
         name in SKIPPED_DIRS
         or name.endswith(SKIPPED_SUFFIXES)

@@ -42,6 +42,8 @@ from .requests import (
     settings_id,
 )
 from .sources import is_sdist, load_project, unpack_sdist
+from .treewatch import TreeWatchers
+from .watches import Watches
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -94,7 +96,24 @@ class BuildService:
         self._end_counts: dict[str, tuple[int, int]] = {}
         self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout)
         self.cache = HookCache()
-        self.draining = False
+        self.watches = Watches(
+            registry,
+            TreeWatchers(),
+            self.prepare_metadata,
+            max_per_session=config.max_watches_per_session,
+        )
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        # Watches wait for changes, not for work: a drain ends them at once.
+        self._draining = value
+        if value:
+            self.watches.end_all(errors.Unavailable("the daemon is shutting down"))
 
     # ------------------------------------------------------------ requests --
 
@@ -190,6 +209,7 @@ class BuildService:
 
     def session_ended(self, session: Session) -> tuple[int, int]:
         """Drop everything a session owns; called once when it ends, however it ends."""
+        self.watches.session_ended(session.id)
         with self._lock:
             self._sources.pop(session.id, None)
             busy = self._in_flight.get(session.id, 0)

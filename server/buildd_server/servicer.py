@@ -9,6 +9,7 @@ running hook's process group.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .pool import Pool
     from .sessions import SessionRegistry
     from .transfers import Transfers
+    from .watches import WatchUpdate
 
 log = structlog.get_logger("buildd.servicer")
 T = TypeVar("T")
@@ -258,8 +260,35 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     def WatchMetadata(
         self, request: pb.WatchMetadataRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.WatchMetadataEvent]:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchMetadata is not served yet")
-        yield pb.WatchMetadataEvent()
+        dist = _DISTS.get(request.distribution or pb.DISTRIBUTION_WHEEL)
+        updates: queue.Queue[WatchUpdate] = queue.Queue()
+        try:
+            who = self._who(context)
+            if dist not in ("wheel", "editable"):
+                raise errors.InvalidRequest(
+                    f"distribution: metadata is watched for WHEEL or EDITABLE, not "
+                    f"{request.distribution}"
+                )
+            self._auth.check_path(who, request.context.source.path, "context.source.path")
+            decoded = dataclasses.replace(_decode(request.context, None, who.name), quiet=True)
+            watch = self._service.watches.open(decoded, dist, updates.put)
+        except errors.BuilddError as exc:
+            self._count_error(exc.status)
+            context.abort(exc.status, exc.message)
+        context.add_callback(watch.end)
+        try:
+            while context.is_active():
+                try:
+                    update = updates.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if update.final:
+                    if update.error is not None:
+                        context.abort(update.error.status, update.error.message)
+                    return
+                yield watch_event(update)
+        finally:
+            watch.end()
 
     # --------------------------------------------------------------- status --
 
@@ -345,6 +374,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 max_envs=self._config.max_envs,
                 max_envs_per_key=self._config.max_envs_per_key,
                 draining=self._service.draining,
+                max_watches_per_session=self._config.max_watches_per_session,
+                watched_trees=self._service.watches.trees.watched(),
             ),
             principal=who.name,
             admin=who.admin,
@@ -357,6 +388,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 last_active_at=time.time() - (time.monotonic() - session.last_active),
                 keepalives=session.keepalives,
                 principal=session.principal,
+                watches=self._service.watches.count(session.id),
             )
             for entry in entries:
                 if entry.owner != session.id:
@@ -570,6 +602,30 @@ def _to_wire(event: Event, started: float) -> pb.Event:
             source_fingerprint=event.fingerprint,
         )
     )
+
+
+def watch_event(update: WatchUpdate) -> pb.WatchMetadataEvent:
+    event = pb.WatchMetadataEvent(
+        sequence=update.sequence,
+        changed_paths=list(update.changed),
+        latency_seconds=update.latency,
+        hook_seconds=update.hook_seconds,
+    )
+    if update.metadata is not None:
+        out = update.metadata
+        event.metadata.CopyFrom(
+            pb.MetadataResult(
+                metadata=out.metadata,
+                dist_info_name=out.dist_info_name,
+                dist_info_path=str(out.dist_info_path),
+                from_wheel=out.from_wheel,
+                cached=out.cached,
+                source_fingerprint=out.fingerprint,
+            )
+        )
+    elif update.error is not None:
+        event.failure.CopyFrom(_failure(update.error))
+    return event
 
 
 def _failure(exc: errors.BuilddError) -> pb.Failure:
