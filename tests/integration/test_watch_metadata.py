@@ -7,7 +7,13 @@ happened.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -234,3 +240,43 @@ def test_no_thread_or_inotify_handle_outlives_its_watches(
         )
         assert client.status(session.id).sessions[0].watches == 0
         session.close()
+
+
+def test_the_cli_prints_each_new_version(daemon: DaemonProcess, tmp_path: Path) -> None:
+    source = flit_project(tmp_path / "cli")
+    lines: queue.Queue[str] = queue.Queue()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "buildd_client",
+            "--address",
+            daemon.address,
+            "metadata",
+            "--watch",
+            "--json",
+            str(source),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    out = process.stdout
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in out])
+    reader.start()
+    try:
+        first = json.loads(lines.get(timeout=WAIT))
+        assert first["sequence"] == 1
+        assert first["metadata"]["version"] == "4.0"
+        pyproject = source / "pyproject.toml"
+        pyproject.write_text(pyproject.read_text().replace('"4.0"', '"4.3"'))
+        second = json.loads(lines.get(timeout=WAIT))
+        assert second["metadata"]["version"] == "4.3"
+        assert second["changed"] == ["pyproject.toml"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)
+        reader.join(timeout=60)
+    assert code == 130
