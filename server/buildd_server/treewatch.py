@@ -126,13 +126,17 @@ class TreeWatchers:
             return self._next
 
     def unsubscribe(self, root: str, token: int) -> None:
+        """Stop calling that listener; the last one's leaving stops the watcher.
+
+        Never waits: the watcher's thread sees its stop event within 50 ms,
+        closes the watcher (its inotify instance) and ends by itself.
+        """
         with self._lock:
             tree = self._trees.get(root)
             if tree is None or tree.listeners.pop(token, None) is None or tree.listeners:
                 return
             del self._trees[root]
         tree.stop.set()
-        tree.thread.join(timeout=5.0)
         log.info("tree_watch_stopped", root=root)
 
     def watched(self) -> int:
