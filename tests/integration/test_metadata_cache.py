@@ -8,10 +8,7 @@ answer must be new, not cached, and again equal to a fresh run.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,15 +16,8 @@ import pytest
 from buildd.v1 import buildd_pb2 as pb
 from buildd_client import Client, RequestFailed, Session
 from support.daemon import DaemonProcess
-from support.projects import (
-    flit_project,
-    hatchling_project,
-    legacy_setuptools_project,
-    probe_project,
-    read_probe_log,
-    setuptools_project,
-    write_probe_config,
-)
+from support.metadata_cases import CASES, Case, git, scm_project
+from support.projects import probe_project, read_probe_log, setuptools_project, write_probe_config
 
 
 def _metadata(session: Session, source: Path, **kwargs: object) -> pb.MetadataResult:
@@ -65,135 +55,36 @@ def _changed(session: Session, source: Path, before: pb.MetadataResult) -> pb.Me
     return after
 
 
-def _field(metadata: bytes, name: str) -> list[str]:
-    prefix = f"{name}: "
-    return [
-        line[len(prefix) :] for line in metadata.decode().splitlines() if line.startswith(prefix)
-    ]
-
-
 @pytest.fixture
 def session(client: Client) -> Session:
     return client.open_session("metadata-cache")
 
 
-def test_flit_version_bump_in_the_module(session: Session, tmp_path: Path) -> None:
-    source = flit_project(tmp_path / "flitver")
-    text = (source / "pyproject.toml").read_text().replace('version = "4.0"\n', "")
-    (source / "pyproject.toml").write_text(
-        text.replace('description = "a flit test project"', 'dynamic = ["version", "description"]')
-    )
-    (source / "demo_flit.py").write_text('"""A flit module."""\n__version__ = "4.0"\n')
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_each_change_gives_new_metadata_and_nothing_else_does(
+    session: Session, tmp_path: Path, case: Case
+) -> None:
+    if not case.available():
+        pytest.skip("needs git")
+    source = case.make(tmp_path / case.name)
     first = _metadata(session, source)
-    assert _field(first.metadata, "Version") == ["4.0"]
+    assert case.before.encode() in first.metadata
     _cached_then_fresh(session, source)
-    (source / "demo_flit.py").write_text('"""A flit module."""\n__version__ = "4.1"\n')
+    case.change(source)
     after = _changed(session, source, first)
-    assert _field(after.metadata, "Version") == ["4.1"]
+    assert case.after.encode() in after.metadata
     _cached_then_fresh(session, source)
     session.close()
-
-
-def _git(cwd: Path, *args: str) -> None:
-    env = dict(os.environ)
-    env.update(
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@example.invalid",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@example.invalid",
-        GIT_CONFIG_NOSYSTEM="1",
-    )
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_setuptools_scm_new_tag(session: Session, tmp_path: Path) -> None:
-    source = tmp_path / "scm"
-    source.mkdir()
-    (source / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """\
-            [build-system]
-            requires = ["setuptools>=64", "setuptools-scm>=8"]
-            build-backend = "setuptools.build_meta"
-
-            [project]
-            name = "demo-scm"
-            dynamic = ["version"]
-
-            [tool.setuptools]
-            py-modules = ["demo_scm"]
-
-            [tool.setuptools_scm]
-            """
-        )
-    )
-    (source / "demo_scm.py").write_text("X = 1\n")
-    (source / ".gitignore").write_text("build/\n*.egg-info/\n")
-    _git(source, "init", "-q", "-b", "main")
-    _git(source, "add", ".")
-    _git(source, "commit", "-q", "-m", "one")
-    _git(source, "tag", "v1.0")
+def test_a_new_commit_is_seen_too(session: Session, tmp_path: Path) -> None:
+    source = scm_project(tmp_path / "commit")
     first = _metadata(session, source)
-    assert _field(first.metadata, "Version") == ["1.0"]
-    _cached_then_fresh(session, source)
-    # A new commit on top: a development version of the next release.
-    (source / "demo_scm.py").write_text("X = 2\n")
-    _git(source, "commit", "-q", "-am", "two")
-    second = _changed(session, source, first)
-    assert _field(second.metadata, "Version")[0].startswith("1.1.dev1+g")
-    _cached_then_fresh(session, source)
-    # Only a tag changes now: no file of the worktree does.
-    _git(source, "tag", "v1.1")
-    third = _changed(session, source, second)
-    assert _field(third.metadata, "Version") == ["1.1"]
-    _cached_then_fresh(session, source)
-    session.close()
-
-
-def test_dependency_added_in_pyproject(session: Session, tmp_path: Path) -> None:
-    source = hatchling_project(tmp_path / "deps")
-    first = _metadata(session, source)
-    assert _field(first.metadata, "Requires-Dist") == []
-    _cached_then_fresh(session, source)
-    pyproject = source / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text() + 'dependencies = ["packaging>=24"]\n')
+    (source / "demo_scm.py").write_text("X = 3\n")
+    git(source, "commit", "-q", "-am", "three")
     after = _changed(session, source, first)
-    assert _field(after.metadata, "Requires-Dist") == ["packaging>=24"]
-    _cached_then_fresh(session, source)
-    session.close()
-
-
-def test_setup_py_edit(session: Session, tmp_path: Path) -> None:
-    source = legacy_setuptools_project(tmp_path / "legacy")
-    first = _metadata(session, source)
-    assert _field(first.metadata, "Version") == ["2.0"]
-    _cached_then_fresh(session, source)
-    setup = source / "setup.py"
-    setup.write_text(setup.read_text().replace("version='2.0'", "version='2.1'"))
-    after = _changed(session, source, first)
-    assert _field(after.metadata, "Version") == ["2.1"]
-    _cached_then_fresh(session, source)
-    session.close()
-
-
-def test_readme_edit_changes_the_long_description(session: Session, tmp_path: Path) -> None:
-    source = setuptools_project(tmp_path / "readme")
-    pyproject = source / "pyproject.toml"
-    pyproject.write_text(
-        pyproject.read_text().replace(
-            'description = "a setuptools test project"',
-            'description = "a setuptools test project"\nreadme = "README.md"',
-        )
-    )
-    (source / "README.md").write_text("# Demo\n\nFirst words.\n")
-    first = _metadata(session, source)
-    assert b"First words." in first.metadata
-    _cached_then_fresh(session, source)
-    (source / "README.md").write_text("# Demo\n\nOther words.\n")
-    after = _changed(session, source, first)
-    assert b"Other words." in after.metadata
-    _cached_then_fresh(session, source)
+    assert b"Version: 1.1.dev2+g" in after.metadata
     session.close()
 
 
@@ -274,6 +165,9 @@ def test_other_settings_or_interpreter_or_session_miss(
     _metadata(session, source)
     assert _metadata(session, source).cached
     assert not _metadata(session, source, config_settings={"x": "1"}).cached
+    if shutil.which("python3.10"):  # another interpreter: another key, another instance
+        assert not _metadata(session, source, python="3.10").cached
+        assert _metadata(session, source, python="3.10").cached
     other = client.open_session("metadata-cache-other")
     assert not _metadata(other, source).cached
     other.close()

@@ -280,3 +280,42 @@ def test_the_cli_prints_each_new_version(daemon: DaemonProcess, tmp_path: Path) 
         code = process.wait(timeout=60)
         reader.join(timeout=60)
     assert code == 130
+
+
+def test_watches_per_principal_are_capped(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    daemon = make_daemon(["--max-watches-per-principal", "2"])
+    source = flit_project(tmp_path / "principal")
+    with Client(daemon.address, autostart=False) as client:
+        one, two = client.open_session("cap-one"), client.open_session("cap-two")
+        held = [one.watch_metadata(source), two.watch_metadata(source)]
+        for watch in held:
+            _metadata(watch)
+        with pytest.raises(RequestFailed) as full:
+            one.watch_metadata(source).get(WAIT)
+        assert full.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-watches-per-principal" in full.value.message
+        held[0].cancel()
+        # A slot is free again once the daemon saw the cancel.
+        _wait_until(lambda: client.status(one.id).sessions[0].watches == 0, "the cancel")
+        with two.watch_metadata(source) as again:
+            _metadata(again)
+        held[1].cancel()
+
+
+def test_a_drain_ends_the_watches(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    daemon = make_daemon()
+    source = flit_project(tmp_path / "drain")
+    with Client(daemon.address, autostart=False) as client:
+        session = client.open_session("watch-drain")
+        watch = session.watch_metadata(source)
+        _metadata(watch)
+        client.shutdown(grace=5.0)
+        with pytest.raises(RequestFailed) as ended:
+            watch.get(WAIT)
+        assert ended.value.status == grpc.StatusCode.UNAVAILABLE
+    assert daemon.process is not None
+    assert daemon.process.wait(timeout=60) == 0
