@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from buildd_client import Session
+    from buildd_client.watch import Watch
 
 # A WatchMetadata event that brings no news within this long is a failure.
 EVENT_TIMEOUT = 120.0
@@ -74,10 +75,9 @@ class EventReader:
             count += 1
 
 
-def open_watch(session: Session, src: Path | str) -> Any:
+def open_watch(session: Session, src: Path | str) -> Watch:
     """``session.watch_metadata(src)``: an iterable of WatchMetadataEvent with ``cancel()``."""
-    watched: Any = session  # typed loosely: older clients lack the method (missing_watch)
-    return watched.watch_metadata(src)
+    return session.watch_metadata(src)
 
 
 def event_metadata(event: Any) -> bytes | None:
