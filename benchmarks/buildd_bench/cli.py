@@ -83,6 +83,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--p4-calls", type=int, default=25, help="P4 calls per client")
     parser.add_argument("--p4b-watches", type=int, default=200, help="P4b watches held open")
     parser.add_argument(
+        "--p4b-trees",
+        type=int,
+        default=0,
+        help="P4b trees the watches follow (default: one tree per watch)",
+    )
+    parser.add_argument(
         "--p4b-watch-sessions", type=int, default=4, help="P4b sessions the watches are in"
     )
     parser.add_argument("--p5-sessions", type=int, default=1000, help="P5 sessions")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .context import Context
@@ -226,12 +227,15 @@ def figure_p4(ctx: Context) -> Figure:
 class WatchHolder:
     """The process holding P4b's watches open (``run.py --watch-worker``)."""
 
-    def __init__(self, ctx: Context, count: int, sessions: int) -> None:
+    def __init__(self, ctx: Context, count: int, trees: int, sessions: int) -> None:
         project = next((p for p in ctx.projects if p.name == "tomli"), ctx.projects[0])
         self.project = project
-        trees = [str(ctx.ws.fresh_tree(project, copy=f"p4b-watch-{i:03d}")) for i in range(count)]
+        paths = [str(ctx.ws.fresh_tree(project, copy=f"p4b-watch-{i:03d}")) for i in range(trees)]
         spec = ctx.ws.root / "p4b-watches.json"
-        spec.write_text(json.dumps({"sessions": sessions, "trees": trees}), encoding="utf-8")
+        spec.write_text(
+            json.dumps({"sessions": sessions, "trees": paths, "watches": count}),
+            encoding="utf-8",
+        )
         self.stderr = ctx.ws.log_file("p4b-watches.log")
         with self.stderr.open("w") as err:
             self.process = subprocess.Popen(
@@ -268,6 +272,7 @@ class WatchHolder:
 def figure_p4b(ctx: Context) -> Figure:
     """The P4 load again, with many WatchMetadata streams held open meanwhile."""
     count, sessions = ctx.args.p4b_watches, ctx.args.p4b_watch_sessions
+    trees = min(count, ctx.args.p4b_trees or count)
     figure = f"{count} concurrent `WatchMetadata` streams held open plus the P4 load"
     goal = "0 errors; P4's p90 no more than 1.2x without the watches"
     no_watch = missing_watch()
@@ -277,8 +282,8 @@ def figure_p4b(ctx: Context) -> Figure:
     if baseline is None:
         log("P4b: the load without watches first (P4 did not run)")
         baseline = run_load(ctx, "p4b-base")
-    log(f"P4b: opening {count} watches in {sessions} sessions")
-    holder = WatchHolder(ctx, count, sessions)
+    log(f"P4b: opening {count} watches of {trees} trees in {sessions} sessions")
+    holder = WatchHolder(ctx, count, trees, sessions)
     try:
         ready = holder.ready()
         log(f"P4b: {ready['ready']} watches ready in {ready['seconds']:.1f}s; the load again")
@@ -289,8 +294,10 @@ def figure_p4b(ctx: Context) -> Figure:
         raise
     watch_errors = list(ready["errors"]) + list(end["errors"])
     errors = loaded.errors + watch_errors
-    for error in watch_errors[:10]:
+    for error in watch_errors[:5]:
         ctx.fail("P4b watch", error)
+    if len(watch_errors) > 5:
+        ctx.fail("P4b watch", f"... and {len(watch_errors) - 5} more (all in the .json)")
     p90_base, p90_loaded = pctl(baseline.latencies, 0.9), pctl(loaded.latencies, 0.9)
     ratio = p90_loaded / p90_base
     ctx.raw["P4b"] = {
@@ -300,13 +307,15 @@ def figure_p4b(ctx: Context) -> Figure:
     }
     details = "\n".join(
         [
-            f"{count} watches (`Session.watch_metadata`) on {count} copies of "
-            f"`{holder.project.id}`, in {sessions} sessions of one process, each awaited "
-            "until its first event; then the P4 load (same clients, calls and projects) ran "
-            "while they stayed open, and every watch was checked to be still open at the "
-            "end. Baseline: P4's own run"
+            f"{count} watches (`Session.watch_metadata`) on {trees} copies of "
+            f"`{holder.project.id}` (each copy watched from {count // trees} session(s)), in "
+            f"{sessions} sessions of one process, each awaited until its first event; then "
+            "the P4 load (same clients, calls and projects) ran while the ones that opened "
+            "stayed open, and each was checked to be still open at the end. Baseline: P4's "
+            "own run"
             + (" in this report." if ctx.p4_load is baseline else " (made for P4b).")
-            + "",
+            + f" This machine allows {inotify_instances()} inotify instances per user "
+            "(`fs.inotify.max_user_instances`, shared by every process of the daemon's user).",
             "",
             "| measure | without watches | with watches |",
             "|---|---|---|",
@@ -331,3 +340,10 @@ def figure_p4b(ctx: Context) -> Figure:
         None if math.isnan(ratio) else not errors and ratio <= 1.2,
         details,
     )
+
+
+def inotify_instances() -> str:
+    try:
+        return Path("/proc/sys/fs/inotify/max_user_instances").read_text().strip()
+    except OSError:
+        return "unknown"

@@ -38,7 +38,13 @@ DESCRIPTION = re.compile(r'^(description\s*=\s*)(["\'])(.*?)\2\s*$', re.MULTILIN
 
 
 class EventReader:
-    """Reads a watch handle in a thread: (arrival time, event) pairs, or its end."""
+    """Reads a watch handle in a thread: (arrival time, event) pairs, then its end.
+
+    ``next`` returns as soon as an event arrives, and raises as soon as the
+    watch has ended (the daemon refused or closed it) or ``timeout`` passed.
+    """
+
+    _END = object()
 
     def __init__(self, handle: Iterable[Any]) -> None:
         self.handle = handle
@@ -56,21 +62,28 @@ class EventReader:
             self.ended = exc
         finally:
             self.done.set()
+            self.events.put((time.perf_counter(), self._END))
 
     def next(self, timeout: float) -> tuple[float, Any]:
         try:
-            return self.events.get(timeout=timeout)
+            arrived, event = self.events.get(timeout=max(0.0, timeout))
         except queue.Empty:
-            if self.ended is not None:
-                raise RuntimeError(f"the watch ended: {self.ended!r}") from self.ended
             raise TimeoutError(f"no WatchMetadata event within {timeout:.0f} s") from None
+        if event is self._END:
+            self.events.put((arrived, event))  # every later call sees the end too
+            raise RuntimeError(f"the watch ended: {self.ended!r}") from self.ended
+        return arrived, event
 
     def drain(self) -> int:
+        """Take the events waiting now; how many (the end, if reached, stays)."""
         count = 0
         while True:
             try:
-                self.events.get_nowait()
+                arrived, event = self.events.get_nowait()
             except queue.Empty:
+                return count
+            if event is self._END:
+                self.events.put((arrived, event))
                 return count
             count += 1
 
@@ -219,46 +232,65 @@ def figure_p7(ctx: Context) -> Figure:
 # ---------------------------------------------------------------- P4b watches --
 
 
+def watch_plan(trees: int, watches: int, sessions: int) -> list[tuple[int, int]]:
+    """(tree, session) of each watch: trees evenly used, a tree's watches in distinct sessions."""
+    plan = []
+    for tree in range(trees):
+        for k in range(watches // trees + (1 if tree < watches % trees else 0)):
+            plan.append((tree, (tree + k) % sessions))
+    return plan
+
+
 def watch_worker(address: str, spec_file: str) -> int:
     """Hold watches open: say ready once each sent its first event, stop on a line.
 
-    ``spec_file`` is JSON: {"sessions": N, "trees": [paths]}; tree i goes to
-    session i mod N. Prints one JSON line when ready and one at the end.
+    ``spec_file`` is JSON: {"sessions": S, "trees": [paths], "watches": N}.
+    The N watches are spread evenly over the trees, and the k-th watch of
+    tree t is in session (t + k) mod S: the watches of one tree are in
+    different sessions, and the sessions hold about N / S each. Prints one JSON line
+    when ready (every watch sent its first event, failed, or the deadline
+    passed) and one at the end.
     """
     from buildd_client import Client
 
     spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
     trees: list[str] = spec["trees"]
+    count = int(spec["watches"])
     errors: list[str] = []
     readers: list[tuple[str, EventReader, Any]] = []
     with Client(address, autostart=False) as client:
         sessions = [client.open_session("buildd-bench/p4b-watch") for _ in range(spec["sessions"])]
         start = time.perf_counter()
-        for i, tree in enumerate(trees):
+        for which, index in watch_plan(len(trees), count, len(sessions)):
+            session, tree = sessions[index], trees[which]
             try:
-                handle = open_watch(sessions[i % len(sessions)], tree)
+                handle = open_watch(session, tree)
             except Exception as exc:
                 errors.append(f"opening the watch of {tree}: {exc!r}")
                 continue
             readers.append((tree, EventReader(handle), handle))
-        for tree, reader, _ in readers:
+        deadline = time.monotonic() + EVENT_TIMEOUT * 5
+        open_ = []
+        for tree, reader, handle in readers:
             try:
-                _, event = reader.next(EVENT_TIMEOUT * 5)
-                if event_metadata(event) is None:
-                    errors.append(f"{tree}: first event is a failure: {event}")
+                _, event = reader.next(deadline - time.monotonic())
             except Exception as exc:
-                errors.append(f"{tree}: no first event: {exc!r}")
+                errors.append(f"{tree}: no first event: {exc}")
+                continue
+            if event_metadata(event) is None:
+                errors.append(f"{tree}: first event is a failure: {event}")
+            open_.append((tree, reader, handle))
         ready = time.perf_counter() - start
-        print(json.dumps({"ready": len(readers), "seconds": ready, "errors": errors}), flush=True)
+        print(json.dumps({"ready": len(open_), "seconds": ready, "errors": errors}), flush=True)
         sys.stdin.readline()
-        ended = [f"{tree}: ended early: {r.ended!r}" for tree, r, _ in readers if r.done.is_set()]
-        later = sum(r.drain() for _, r, _ in readers)
+        late = [f"{tree}: ended early: {r.ended!r}" for tree, r, _ in open_ if r.done.is_set()]
+        later = sum(r.drain() for _, r, _ in open_)
         for _, _, handle in readers:
             handle.cancel()
         for session in sessions:
             try:
                 session.close()
             except Exception as exc:
-                errors.append(f"closing {session.id}: {exc!r}")
-    print(json.dumps({"errors": errors + ended, "events_during_load": later}), flush=True)
+                late.append(f"closing {session.id}: {exc!r}")
+    print(json.dumps({"errors": late, "events_during_load": later}), flush=True)
     return 0

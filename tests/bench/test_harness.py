@@ -11,6 +11,7 @@ import math
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,49 @@ def test_buildd_hook_times_are_read_from_its_verbose_log() -> None:
     )
     found = native.HOOK_FINISHED.findall(text)
     assert found == [("get_requires_for_build_wheel", "0.2"), ("build_wheel", "1.1")]
+
+
+class _Refused:
+    """A watch handle the daemon ended at once (as RESOURCE_EXHAUSTED does)."""
+
+    def __iter__(self) -> _Refused:
+        return self
+
+    def __next__(self) -> object:
+        raise RuntimeError("RESOURCE_EXHAUSTED: cannot watch the tree")
+
+
+def test_a_watch_that_ends_is_seen_at_once_not_after_the_timeout() -> None:
+    reader = watch.EventReader(_Refused())
+    # A reader that only noticed the end after the timeout would raise TimeoutError.
+    with pytest.raises(RuntimeError, match="the watch ended"):
+        reader.next(30)
+    with pytest.raises(RuntimeError, match="the watch ended"):
+        reader.next(30)
+
+
+def test_events_come_in_order_then_the_end() -> None:
+    reader = watch.EventReader(iter(["first", "second"]))
+    assert reader.next(30)[1] == "first"
+    assert reader.next(30)[1] == "second"
+    with pytest.raises(RuntimeError, match="the watch ended"):
+        reader.next(30)
+    assert reader.drain() == 0
+
+
+@pytest.mark.parametrize(
+    ("trees", "watches", "sessions"), [(200, 200, 4), (50, 200, 4), (7, 30, 4)]
+)
+def test_watches_are_spread_over_trees_and_sessions(
+    trees: int, watches: int, sessions: int
+) -> None:
+    plan = watch.watch_plan(trees, watches, sessions)
+    assert len(plan) == watches
+    per_tree = Counter(tree for tree, _ in plan)
+    assert max(per_tree.values()) - min(per_tree.values()) <= 1
+    assert len(per_tree) == trees
+    per_session = Counter(session for _, session in plan)
+    assert max(per_session.values()) - min(per_session.values()) <= 1
+    for tree in range(trees):
+        used = [session for t, session in plan if t == tree]
+        assert len(used) == len(set(used)) or len(used) > sessions
