@@ -23,7 +23,6 @@ import filelock
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
@@ -34,6 +33,7 @@ from .environments import Environment, EnvironmentFactory
 from .errors import DaemonStartupError
 from .installers import select_installer
 from .pool import Pool
+from .reflection import enable_reflection
 from .service import BuildService
 from .servicer import Servicer
 from .sessions import Session, SessionRegistry
@@ -147,13 +147,13 @@ class Daemon:
         )
         buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
         # Everything that can refuse to start does so before the socket exists.
         if self.config.metrics_address:
             self._serve_metrics(self.config.metrics_address)
         self._bind(server)
+        # Port 0 is bound to a real port only now: status reports that one.
+        self.servicer.address = self.address.target
         server.start()
         self._server = server
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -259,7 +259,10 @@ class BuildService:
             # with it either sees the request (and leaves cleanup to it) or
             # the request sees the end.
             if session.ended:
-                raise errors.SessionNotFound(f"session {session.id[:8]}… has ended")
+                raise errors.SessionEnded(
+                    f"session {session.id[:8]}… has ended",
+                    metadata={"session_id": session.id, "end_reason": session.end_reason or ""},
+                )
             state = self._source_state(session.id, request.source)
             # Taken before the project is even read: the first request of a
             # source fixes its instance, and an sdist is unpacked only once.

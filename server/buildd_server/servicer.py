@@ -23,10 +23,11 @@ from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
 
-from . import errors
+from . import errors, request_fields
 from .auth import Authenticator, Principal
 from .blobs import parse_digest
 from .events import Event, Log, Phase
+from .interpreter_discovery import discover_interpreters
 from .service import ArtifactOutcome, BuildService, Dist, MetadataOutcome, Request, RequiresOutcome
 
 if TYPE_CHECKING:
@@ -58,6 +59,28 @@ _DISTS: dict[int, Dist] = {
     pb.DISTRIBUTION_EDITABLE: "editable",
 }
 _DIST_NUMBERS = {name: number for number, name in _DISTS.items()}
+_STEPS = {
+    "start": pb.PHASE_STEP_START,
+    "end": pb.PHASE_STEP_END,
+    "instant": pb.PHASE_STEP_INSTANT,
+}
+_OUTCOMES = {
+    "": pb.HOOK_OUTCOME_UNSPECIFIED,
+    "ok": pb.HOOK_OUTCOME_OK,
+    "failed": pb.HOOK_OUTCOME_FAILED,
+    "timed_out": pb.HOOK_OUTCOME_TIMED_OUT,
+    "cancelled": pb.HOOK_OUTCOME_CANCELLED,
+}
+_LOG_SOURCES = {
+    "hook": pb.LOG_SOURCE_HOOK,
+    "installer": pb.LOG_SOURCE_INSTALLER,
+    "compiler": pb.LOG_SOURCE_COMPILER,
+}
+_INTERPRETER_SOURCES = {
+    "daemon": pb.INTERPRETER_SOURCE_DAEMON,
+    "path": pb.INTERPRETER_SOURCE_PATH,
+    "pyenv": pb.INTERPRETER_SOURCE_PYENV,
+}
 # Bounded so a backend printing without end cannot grow the daemon's memory:
 # when the client reads slowly, the hook's pipe fills and the hook waits.
 _QUEUE_SIZE = 512
@@ -89,7 +112,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         # Who calls (auth.py) and uploads/downloads (transfers.py).
         self._auth = auth or Authenticator()
         self._transfers = transfers
-        self._address = address
+        # The address as bound (the daemon sets the real port after binding).
+        self.address = address
         self._service = service
         self._registry = registry
         self._pool = pool
@@ -122,12 +146,10 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             who = self._who(context)
             if self._service.draining:
                 raise errors.Unavailable("the daemon is shutting down and opens no sessions")
-            session = self._registry.open(request.client_name[:200], principal=who.name)
+            client_name = request_fields.client_name(request.client_name)
+            session = self._registry.open(client_name, principal=who.name)
             log.info(
-                "session_opened",
-                session=session.id[:8],
-                client=request.client_name[:200],
-                principal=who.name,
+                "session_opened", session=session.id[:8], client=client_name, principal=who.name
             )
             return self._session_info(session.id, session.created_at, who.name)
 
@@ -148,9 +170,10 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     ) -> Iterator[pb.KeepAliveResponse]:
         ended = threading.Event()
         context.add_callback(ended.set)
-        interval = request.interval_seconds or min(30.0, self._config.session_ttl / 3)
-        interval = max(0.05, interval)
         try:
+            interval = request_fields.keepalive_interval(
+                request.interval_seconds, self._config.session_ttl
+            )
             who = self._who(context)
             holder = self._registry.keepalive(request.session_id, principal=who.name)
             holder.__enter__()
@@ -180,11 +203,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     def GetRequires(
         self, request: pb.GetRequiresRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Event]:
-        dist = _DISTS.get(request.distribution or pb.DISTRIBUTION_WHEEL)
-
         def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
-            if dist is None:
-                raise errors.InvalidRequest(f"distribution: unknown value {request.distribution}")
+            dist = request_fields.distribution(request.distribution, "distribution", _DISTS)
             out: RequiresOutcome = self._service.get_requires(req, dist, emit, cancel)
             return pb.Result(
                 requires=pb.RequiresResult(
@@ -200,15 +220,13 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     def PrepareMetadata(
         self, request: pb.PrepareMetadataRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Event]:
-        dist = _DISTS.get(request.distribution or pb.DISTRIBUTION_WHEEL)
-
         def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
+            dist = request_fields.distribution(request.distribution, "distribution", _DISTS)
             if dist not in ("wheel", "editable"):
                 raise errors.InvalidRequest(
-                    f"distribution: metadata is prepared for WHEEL or EDITABLE, not "
-                    f"{pb.Distribution.Name(request.distribution)}"
-                    if request.distribution in _DISTS
-                    else f"distribution: unknown value {request.distribution}"
+                    "distribution: metadata is prepared for DISTRIBUTION_WHEEL or "
+                    f"DISTRIBUTION_EDITABLE, not {pb.Distribution.Name(request.distribution)}",
+                    field="distribution",
                 )
             out: MetadataOutcome = self._service.prepare_metadata(req, dist, emit, cancel)
             return pb.Result(
@@ -226,10 +244,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         def run(req: Request, emit: Callable[[Event], None], cancel: threading.Event) -> pb.Result:
             dists: list[Dist] = []
             for index, number in enumerate(request.distributions):
-                name = _DISTS.get(number)
-                if name is None:
-                    raise errors.InvalidRequest(f"distributions[{index}]: unknown value {number}")
-                dists.append(name)
+                dists.append(request_fields.distribution(number, f"distributions[{index}]", _DISTS))
             out: list[ArtifactOutcome] = self._service.build(
                 req, dists, request.wheel_from_sdist, request.output_directory, emit, cancel
             )
@@ -242,6 +257,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                             filename=a.path.name,
                             size=a.size,
                             sha256=a.sha256,
+                            digest=f"sha256:{a.sha256}",
+                            size_bytes=a.size,
                         )
                         for a in out
                     ]
@@ -307,6 +324,27 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             self._count_error(exc.status)
             context.abort(exc.status, exc.message)
 
+    def ListInterpreters(
+        self, request: pb.ListInterpretersRequest, context: grpc.ServicerContext
+    ) -> pb.ListInterpretersResponse:
+        def run() -> pb.ListInterpretersResponse:
+            self._who(context)
+            return pb.ListInterpretersResponse(
+                interpreters=[
+                    pb.InterpreterInfo(
+                        path=found.path,
+                        executable=found.interpreter.executable,
+                        implementation=found.interpreter.implementation,
+                        version=found.interpreter.version,
+                        platform=found.interpreter.platform,
+                        source=_INTERPRETER_SOURCES[found.source],
+                    )
+                    for found in discover_interpreters()
+                ]
+            )
+
+        return self._unary(context, run)
+
     def _transfers_for(self) -> Transfers:
         if self._service.draining:
             raise errors.Unavailable("the daemon is shutting down and takes no transfers")
@@ -324,11 +362,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             [self._registry.peek(only, principal=scope)] if only else self._registry.all(scope)
         )
         entries = self._pool.snapshot()
+        creating = self._pool.creating()
         response = pb.StatusResponse(
             daemon=pb.DaemonInfo(
                 pid=os.getpid(),
                 version=__version__,
-                address=self._address,
+                address=self.address,
                 state_dir=str(self._config.state_dir),
                 started_at=self._started_at,
                 installer=self._installer_name,
@@ -369,6 +408,15 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                     last_used_at=env.last_used_at,
                     sources=self._service.sources_of(session.id, env),
                 )
+            for owner, key in creating:
+                if owner == session.id:
+                    status.environments.add(
+                        key_id=key.id,
+                        interpreter=key.interpreter[0],
+                        python_version=key.interpreter[2],
+                        requirements=list(key.requirements),
+                        state=pb.ENVIRONMENT_STATE_CREATING,
+                    )
         return response
 
     # ------------------------------------------------------------ plumbing --
@@ -544,7 +592,14 @@ def _decode(wire: pb.BuildContext, deadline: float | None, principal: str) -> Re
 def _to_wire(event: Event, started: float) -> pb.Event:
     if isinstance(event, Log):
         stream = pb.LOG_STREAM_STDOUT if event.stream == "stdout" else pb.LOG_STREAM_STDERR
-        return pb.Event(log=pb.LogLine(stream=stream, text=event.text, hook=event.hook))
+        return pb.Event(
+            log=pb.LogLine(
+                stream=stream,
+                text=event.text,
+                hook=event.hook,
+                source=_LOG_SOURCES[event.source],
+            )
+        )
     assert isinstance(event, Phase)
     return pb.Event(
         phase=pb.Phase(
@@ -556,6 +611,8 @@ def _to_wire(event: Event, started: float) -> pb.Event:
             hook=event.hook,
             count=event.count,
             step_seconds=event.step_seconds,
+            step=_STEPS[event.step],
+            outcome=_OUTCOMES[event.outcome],
         )
     )
 

@@ -106,28 +106,35 @@ class Transfers:
             with session.lock:
                 record = session.artifacts.get(request.path)
             if record is None:
-                raise errors.SourceNotFound(
+                raise errors.ArtifactNotFound(
                     f"path: {request.path[:300]!r} is not an artifact built in this session",
                     path=request.path[:300],
+                    field="path",
                 )
             size, sha256 = record
             try:
                 fd = os.open(request.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as exc:
-                raise errors.SourceNotFound(
+                raise errors.ArtifactNotFound(
                     f"path: {request.path}: the artifact is gone ({exc.strerror})",
                     path=request.path,
+                    field="path",
                 ) from exc
             with os.fdopen(fd, "rb") as handle:
                 info = os.fstat(handle.fileno())
                 if not stat.S_ISREG(info.st_mode) or info.st_size != size:
-                    raise errors.SourceNotFound(
+                    raise errors.ArtifactNotFound(
                         f"path: {request.path}: changed since the build wrote it",
                         path=request.path,
+                        field="path",
                     )
                 yield pb.DownloadArtifactResponse(
                     header=pb.ArtifactHeader(
-                        filename=os.path.basename(request.path), size=size, sha256=sha256
+                        filename=os.path.basename(request.path),
+                        size=size,
+                        sha256=sha256,
+                        digest=f"sha256:{sha256}",
+                        size_bytes=size,
                     )
                 )
                 while chunk := handle.read(CHUNK):
