@@ -625,5 +625,8 @@ def _failure(exc: errors.BuilddError) -> pb.Failure:
         "hook": exc.hook,
         "last_lines": exc.last_lines[-50:],
         "path": exc.path,
+        "field": exc.field,
+        "metadata": exc.metadata,
+        "retry_delay_seconds": exc.retry_delay or 0.0,
     }
     return pb.Failure(**kwargs)
