@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
+from grpc_status import rpc_status
 
 from buildd.v1 import buildd_pb2 as pb
 
@@ -179,9 +180,15 @@ class RequestFailed(BuilddClientError):
     ) -> Self:
         """From an RPC that ended with an error status and no Failure event.
 
-        NOT_FOUND is ambiguous on the wire; ``not_found`` names the kind the
-        caller knows it means (a unary session call passes SESSION_NOT_FOUND).
+        The daemon puts its ``buildd.v1.Failure`` in the standard error
+        details of every failed call: that decides. Without details (a proxy
+        that dropped the trailer, a status made by gRPC itself) the kind is
+        guessed from the code; NOT_FOUND is ambiguous then, and ``not_found``
+        names the kind the caller knows it means.
         """
+        failure = failure_of(error)
+        if failure is not None:
+            return cls.from_failure(failure)
         try:
             status = error.code()
             details = error.details() or ""
@@ -194,3 +201,21 @@ class RequestFailed(BuilddClientError):
             kind = _KIND_OF_STATUS.get(status, pb.FAILURE_KIND_INTERNAL)
         message = details or f"the daemon ended the call with status {status.name}"
         return cls(kind, status, message)
+
+
+def failure_of(error: grpc.RpcError) -> pb.Failure | None:
+    """The ``buildd.v1.Failure`` in an error's ``google.rpc.Status`` details, if any."""
+    if not isinstance(error, grpc.Call):
+        return None
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # a trailer that contradicts the status: trust neither
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(pb.Failure.DESCRIPTOR):
+            failure = pb.Failure()
+            detail.Unpack(failure)
+            return failure
+    return None

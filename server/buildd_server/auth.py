@@ -31,6 +31,7 @@ import grpc
 import structlog
 
 from . import errors
+from .error_details import status_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -286,7 +287,7 @@ def _refusing(
     """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
 
     def refuse(_request: object, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.abort_with_status(status_of(errors.Unauthenticated(message)))
 
     deserialize = handler.request_deserializer
     serialize = handler.response_serializer

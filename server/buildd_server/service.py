@@ -290,7 +290,12 @@ class BuildService:
         cancel: threading.Event,
     ) -> RequestContext:
         root = self._project_root(request.source, session, state)
-        project = load_project(str(root))
+        try:
+            project = load_project(str(root))
+        except errors.SourceNotFound as exc:
+            if not exc.field and not is_digest(request.source):
+                exc.field = "context.source.path"
+            raise
         interpreter = resolve_interpreter(request.python)
         origin = f"{project.pyproject or project.root}: build-system.requires"
         key = make_key(

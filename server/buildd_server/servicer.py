@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import structlog
@@ -23,7 +23,7 @@ from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
 
-from . import errors, request_fields
+from . import error_details, errors, request_fields
 from .auth import Authenticator, Principal
 from .blobs import parse_digest
 from .events import Event, Log, Phase
@@ -178,7 +178,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             holder = self._registry.keepalive(request.session_id, principal=who.name)
             holder.__enter__()
         except errors.BuilddError as exc:
-            context.abort(exc.status, exc.message)
+            context.abort_with_status(error_details.status_of(exc))
         try:
             while not ended.is_set() and not self._service.draining:
                 yield pb.KeepAliveResponse(now=time.time())
@@ -322,7 +322,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         except errors.BuilddError as exc:
             log.info("request_failed", error=type(exc).__name__, message=exc.message)
             self._count_error(exc.status)
-            context.abort(exc.status, exc.message)
+            context.abort_with_status(error_details.status_of(exc))
 
     def ListInterpreters(
         self, request: pb.ListInterpretersRequest, context: grpc.ServicerContext
@@ -435,11 +435,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         except errors.BuilddError as exc:
             log.info("request_failed", error=type(exc).__name__, message=exc.message)
             self._count_error(exc.status)
-            context.abort(exc.status, exc.message)
+            context.abort_with_status(error_details.status_of(exc))
         except Exception as exc:
             log.exception("internal_error")
             self._count_error(grpc.StatusCode.INTERNAL)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+            bug = errors.BuilddError(f"internal error: {exc!r}")
+            context.abort_with_status(error_details.status_of(bug))
 
     def _count_error(self, status: grpc.StatusCode) -> None:
         self._service.metrics.errors.labels(code=status.name).inc()
@@ -489,8 +490,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 self._auth.check_path(who, path, field)
         except errors.BuilddError as exc:
             self._count_error(exc.status)
-            yield pb.Event(failure=_failure(exc))
-            context.abort(exc.status, exc.message)
+            sent = error_details.failure(exc)
+            yield pb.Event(failure=sent)
+            context.abort_with_status(error_details.status_of(exc, sent))
 
         request_id = uuid.uuid4().hex[:12]
 
@@ -540,8 +542,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 session=request.session_id[:8],
             )
             self._count_error(error.status)
-            yield pb.Event(failure=_failure(error))
-            context.abort(error.status, error.message)
+            sent = error_details.failure(error)
+            yield pb.Event(failure=sent)
+            context.abort_with_status(error_details.status_of(error, sent))
 
 
 def _decode(wire: pb.BuildContext, deadline: float | None, principal: str) -> Request:
@@ -615,18 +618,3 @@ def _to_wire(event: Event, started: float) -> pb.Event:
             outcome=_OUTCOMES[event.outcome],
         )
     )
-
-
-def _failure(exc: errors.BuilddError) -> pb.Failure:
-    kwargs: dict[str, Any] = {
-        "kind": exc.kind,
-        "status_code": exc.status.value[0],
-        "message": exc.message,
-        "hook": exc.hook,
-        "last_lines": exc.last_lines[-50:],
-        "path": exc.path,
-        "field": exc.field,
-        "metadata": exc.metadata,
-        "retry_delay_seconds": exc.retry_delay or 0.0,
-    }
-    return pb.Failure(**kwargs)
