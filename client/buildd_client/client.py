@@ -154,7 +154,7 @@ class Client:
         return Session(self, info)
 
     def join_session(self, session_id: str) -> Session:
-        """Join an existing session; RequestFailed (SESSION_NOT_FOUND) when it has ended."""
+        """Join an existing session; RequestFailed (``session_gone``) when ended or unknown."""
         info = self._unary(self._stub.JoinSession, pb.JoinSessionRequest(session_id=session_id))
         return Session(self, info)
 

@@ -213,3 +213,16 @@ def test_python_client_reads_reason_field_and_metadata(client: Client) -> None:
     with pytest.raises(RequestFailed) as caught:
         client.open_session("x" * 300)
     assert (caught.value.reason, caught.value.field) == ("INVALID_REQUEST", "client_name")
+
+
+def test_a_cap_says_retry(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon(["--max-sessions-per-principal", "1"])
+    with grpc.insecure_channel(daemon.address) as channel:
+        stub = buildd_pb2_grpc.BuilddStub(channel)
+        stub.OpenSession(pb.OpenSessionRequest(client_name="first"))
+        refused = _unary_error(lambda: stub.OpenSession(pb.OpenSessionRequest(client_name="t")))
+    assert (refused.code, refused.info.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RESOURCE_EXHAUSTED",
+    )
+    assert refused.retry.retry_delay.ToNanoseconds() > 0
