@@ -19,6 +19,7 @@ PhaseName = Literal[
     "running_hook",
     "hook_finished",
     "artifact_written",
+    "cache_hit",
 ]
 
 
@@ -43,6 +44,8 @@ class Phase:
     step_seconds: float = 0.0
     step: PhaseStep = "instant"
     outcome: HookOutcome = ""
+    # The source fingerprint a cached answer was given for (cache_hit).
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

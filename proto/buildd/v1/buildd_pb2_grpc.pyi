@@ -124,6 +124,22 @@ class BuilddStub:
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
+    WatchMetadata: _grpc.UnaryStreamMultiCallable[_buildd_pb2.WatchMetadataRequest, _buildd_pb2.WatchMetadataEvent]
+    """Watch a source's core metadata: the daemon prepares it once, sends it,
+    then watches the tree and prepares it again after each change (in the
+    session's environment for the source, under the usual exclusive lease,
+    through the metadata cache), sending an event only when `METADATA`
+    actually changed, or when preparing failed (the watch then goes on, and
+    sends the metadata again once preparing succeeds). An open watch holds
+    its session like a KeepAlive stream. The stream ends when the client
+    cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+    the daemon drains. Watches per session and per principal are capped
+    (the daemon's --max-watches-per-session and --max-watches-per-principal):
+    beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+    (session, source path, settings) end the stream at once with their
+    status, before any event. See docs/protocol.md ("Watching metadata").
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]
     """The daemon, its sessions and their environments.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
@@ -210,6 +226,22 @@ class BuilddAsyncStub(BuilddStub):
     Build: _aio.UnaryStreamMultiCallable[_buildd_pb2.BuildRequest, _buildd_pb2.Event]  # type: ignore[assignment]
     """Build one or more distributions. Final event: `result.build`.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    WatchMetadata: _aio.UnaryStreamMultiCallable[_buildd_pb2.WatchMetadataRequest, _buildd_pb2.WatchMetadataEvent]  # type: ignore[assignment]
+    """Watch a source's core metadata: the daemon prepares it once, sends it,
+    then watches the tree and prepares it again after each change (in the
+    session's environment for the source, under the usual exclusive lease,
+    through the metadata cache), sending an event only when `METADATA`
+    actually changed, or when preparing failed (the watch then goes on, and
+    sends the metadata again once preparing succeeds). An open watch holds
+    its session like a KeepAlive stream. The stream ends when the client
+    cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+    the daemon drains. Watches per session and per principal are capped
+    (the daemon's --max-watches-per-session and --max-watches-per-principal):
+    beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+    (session, source path, settings) end the stream at once with their
+    status, before any event. See docs/protocol.md ("Watching metadata").
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetStatus: _aio.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]  # type: ignore[assignment]
@@ -337,6 +369,28 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_buildd_pb2.Event], _abc.AsyncIterator[_buildd_pb2.Event]]:
         """Build one or more distributions. Final event: `result.build`.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def WatchMetadata(
+        self,
+        request: _buildd_pb2.WatchMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_buildd_pb2.WatchMetadataEvent], _abc.AsyncIterator[_buildd_pb2.WatchMetadataEvent]]:
+        """Watch a source's core metadata: the daemon prepares it once, sends it,
+        then watches the tree and prepares it again after each change (in the
+        session's environment for the source, under the usual exclusive lease,
+        through the metadata cache), sending an event only when `METADATA`
+        actually changed, or when preparing failed (the watch then goes on, and
+        sends the metadata again once preparing succeeds). An open watch holds
+        its session like a KeepAlive stream. The stream ends when the client
+        cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+        the daemon drains. Watches per session and per principal are capped
+        (the daemon's --max-watches-per-session and --max-watches-per-principal):
+        beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+        (session, source path, settings) end the stream at once with their
+        status, before any event. See docs/protocol.md ("Watching metadata").
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
