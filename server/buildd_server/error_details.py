@@ -12,6 +12,7 @@ can never disagree.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 # Imported as modules: mypy finds google.rpc's stubs only this way (the
@@ -22,6 +23,8 @@ from google.protobuf import any_pb2, duration_pb2
 from grpc_status import rpc_status
 
 from buildd.v1 import buildd_pb2 as pb
+
+from . import errors
 
 if TYPE_CHECKING:
     import grpc
@@ -42,6 +45,29 @@ def bounded(message: str) -> str:
     return message[:MAX_MESSAGE] + f"… (message cut, {len(message)} characters)"
 
 
+# A bad-input message names its field first, as a proto path ("context.
+# config_settings[3].key is empty", "output_directory: ... is not absolute").
+_FIELD_FIRST = re.compile(r"([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*)(?=[:\s])")
+# The top-level field names of every request message: what such a path starts with.
+_REQUEST_FIELDS = frozenset(
+    field.name
+    for message in pb.DESCRIPTOR.message_types_by_name.values()
+    if message.name.endswith("Request") or message.name.endswith("Header")
+    for field in message.fields
+)
+
+
+def field_of(exc: BuilddError) -> str:
+    """The request field at fault: as raised, or for bad input the path its message starts with."""
+    if exc.field or not isinstance(exc, errors.InvalidRequest):
+        return exc.field
+    match = _FIELD_FIRST.match(exc.message)
+    if match is None:
+        return ""
+    path = match.group(1)
+    return path if path.split(".")[0].split("[")[0] in _REQUEST_FIELDS else ""
+
+
 def failure(exc: BuilddError) -> pb.Failure:
     """The ``buildd.v1.Failure`` of ``exc``: a long call's final event, and a status detail."""
     kwargs: dict[str, Any] = {
@@ -51,7 +77,7 @@ def failure(exc: BuilddError) -> pb.Failure:
         "hook": exc.hook,
         "last_lines": exc.last_lines[-MAX_LAST_LINES:],
         "path": exc.path[:MAX_MESSAGE],
-        "field": exc.field,
+        "field": field_of(exc),
         "metadata": info_metadata(exc),
         "retry_delay_seconds": exc.retry_delay or 0.0,
     }
@@ -60,7 +86,7 @@ def failure(exc: BuilddError) -> pb.Failure:
 
 def info_metadata(exc: BuilddError) -> dict[str, str]:
     """``ErrorInfo.metadata``: what is at fault, by name."""
-    found = {"field": exc.field, "path": exc.path[:MAX_MESSAGE], "hook": exc.hook}
+    found = {"field": field_of(exc), "path": exc.path[:MAX_MESSAGE], "hook": exc.hook}
     found.update(exc.metadata)
     return {key: value for key, value in found.items() if value}
 
@@ -71,12 +97,12 @@ def status_of(exc: BuilddError, failure_message: pb.Failure | None = None) -> gr
     details: list[Any] = [
         error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=dict(sent.metadata))
     ]
-    if exc.field:
+    if sent.field:
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=exc.field, description=sent.message
+                        field=sent.field, description=sent.message
                     )
                 ]
             )

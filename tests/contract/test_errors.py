@@ -226,3 +226,36 @@ def test_a_cap_says_retry(make_daemon: MakeDaemon) -> None:
         "RESOURCE_EXHAUSTED",
     )
     assert refused.retry.retry_delay.ToNanoseconds() > 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "output_directory", "field"),
+    [
+        ([pb.ConfigSetting(key="", values=["x"])], "", "context.config_settings[0].key"),
+        ([], "relative/out", "output_directory"),
+    ],
+    ids=["empty-setting-key", "relative-output"],
+)
+def test_every_bad_field_gets_a_field_violation(
+    stub: buildd_pb2_grpc.BuilddStub,
+    tmp_path: Path,
+    settings: list[pb.ConfigSetting],
+    output_directory: str,
+    field: str,
+) -> None:
+    info = stub.OpenSession(pb.OpenSessionRequest(client_name="t"))
+    context = pb.BuildContext(
+        session_id=info.session_id,
+        source=pb.Source(path=str(tmp_path)),
+        config_settings=settings,
+    )
+    request = pb.BuildRequest(
+        context=context,
+        distributions=[pb.DISTRIBUTION_WHEEL],
+        output_directory=output_directory,
+    )
+    failure, details = _stream_error(stub.Build(request))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.field == field == details.info.metadata["field"]
+    assert [v.field for v in details.bad.field_violations] == [field]
+    stub.CloseSession(pb.CloseSessionRequest(session_id=info.session_id))
