@@ -83,3 +83,5 @@ class Config:
     source_limits: SourceLimits = field(default_factory=SourceLimits)
     # Warm hook calls fork from a per-environment fork server (zygotes.py).
     fork_server: bool = True
+    # This daemon's name among several behind one proxy (docs/scale-out.md).
+    daemon_id: str = ""

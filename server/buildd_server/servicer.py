@@ -27,6 +27,7 @@ from . import errors
 from .auth import Authenticator, Principal
 from .blobs import parse_digest
 from .events import Event, Log, Phase
+from .routing import check_session_header, header_session
 from .service import ArtifactOutcome, BuildService, Dist, MetadataOutcome, Request, RequiresOutcome
 
 if TYPE_CHECKING:
@@ -120,16 +121,20 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     ) -> pb.SessionInfo:
         def run() -> pb.SessionInfo:
             who = self._who(context)
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             if self._service.draining:
                 raise errors.Unavailable("the daemon is shutting down and opens no sessions")
-            session = self._registry.open(request.client_name[:200], principal=who.name)
+            session = self._registry.open(
+                request.client_name[:200], principal=who.name, session_id=request.session_id
+            )
             log.info(
                 "session_opened",
                 session=session.id[:8],
                 client=request.client_name[:200],
                 principal=who.name,
+                proposed=bool(request.session_id),
             )
-            return self._session_info(session.id, session.created_at, who.name)
+            return self._session_info(session.wire_id, session.created_at, who.name)
 
         return self._unary(context, run)
 
@@ -138,8 +143,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     ) -> pb.SessionInfo:
         def run() -> pb.SessionInfo:
             who = self._who(context)
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             session = self._registry.get(request.session_id, principal=who.name)
-            return self._session_info(session.id, session.created_at, who.name)
+            return self._session_info(session.wire_id, session.created_at, who.name)
 
         return self._unary(context, run)
 
@@ -152,6 +158,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         interval = max(0.05, interval)
         try:
             who = self._who(context)
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             holder = self._registry.keepalive(request.session_id, principal=who.name)
             holder.__enter__()
         except errors.BuilddError as exc:
@@ -167,7 +174,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.CloseSessionRequest, context: grpc.ServicerContext
     ) -> pb.CloseSessionResponse:
         def run() -> pb.CloseSessionResponse:
-            session = self._registry.close(request.session_id, principal=self._who(context).name)
+            who = self._who(context)
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
+            session = self._registry.close(request.session_id, principal=who.name)
             deleted, pending = self._service.last_end_counts(session.id)
             return pb.CloseSessionResponse(
                 environments_deleted=deleted, environments_pending=pending
@@ -257,7 +266,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.StatusResponse:
         def run() -> pb.StatusResponse:
-            return self._status(request.session_id, self._who(context))
+            who = self._who(context)
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
+            return self._status(request.session_id, who)
 
         return self._unary(context, run)
 
@@ -287,20 +298,27 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.FindMissingBlobsRequest, context: grpc.ServicerContext
     ) -> pb.FindMissingBlobsResponse:
         return self._unary(
-            context, lambda: self._transfers_for().find_missing(request, self._who(context))
+            context,
+            lambda: self._transfers_for().find_missing(
+                request, self._who(context), header_session(context.invocation_metadata())
+            ),
         )
 
     def UploadBlob(
         self, request_iterator: Iterator[pb.UploadBlobRequest], context: grpc.ServicerContext
     ) -> pb.UploadBlobResponse:
         return self._unary(
-            context, lambda: self._transfers_for().upload(request_iterator, self._who(context))
+            context,
+            lambda: self._transfers_for().upload(
+                request_iterator, self._who(context), header_session(context.invocation_metadata())
+            ),
         )
 
     def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DownloadArtifactResponse]:
         try:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             yield from self._transfers_for().download(request, self._who(context))
         except errors.BuilddError as exc:
             log.info("request_failed", error=type(exc).__name__, message=exc.message)
@@ -321,7 +339,10 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         # Admins see every session; everyone else only their own (auth.py).
         scope = None if who.admin else who.name
         sessions = (
-            [self._registry.peek(only, principal=scope)] if only else self._registry.all(scope)
+            # Admins may see several: ids are scoped per principal (sessions.py).
+            (self._registry.named(only, scope) or [self._registry.peek(only, principal=scope)])
+            if only
+            else self._registry.all(scope)
         )
         entries = self._pool.snapshot()
         response = pb.StatusResponse(
@@ -335,13 +356,14 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 max_envs=self._config.max_envs,
                 max_envs_per_key=self._config.max_envs_per_key,
                 draining=self._service.draining,
+                daemon_id=self._config.daemon_id,
             ),
             principal=who.name,
             admin=who.admin,
         )
         for session in sessions:
             status = response.sessions.add(
-                session_id=session.id,
+                session_id=session.wire_id,
                 client_name=session.client_name,
                 created_at=session.created_at,
                 last_active_at=time.time() - (time.monotonic() - session.last_active),
@@ -379,6 +401,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             ttl_seconds=self._config.session_ttl,
             created_at=created_at,
             principal=principal,
+            daemon_id=self._config.daemon_id,
         )
 
     def _unary(self, context: grpc.ServicerContext, run: Callable[[], T]) -> T:
@@ -435,6 +458,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         remaining = context.time_remaining()
         try:
             who = self._who(context)
+            check_session_header(
+                context.invocation_metadata(), wire.session_id, "context.session_id"
+            )
             request = _decode(wire, None if remaining is None else started + remaining, who.name)
             # A remote principal names daemon paths only under --allow-path.
             for field, path in (("context.source.path", wire.source.path), *paths):

@@ -103,7 +103,10 @@ class BuilddServicer:
 
     def OpenSession(self, request, context):
         """Open a new session. The returned id is unguessable and is the only
-        credential needed to use the session on a local daemon.
+        credential needed to use the session on a local daemon. With a proposed
+        `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+        malformed, ALREADY_EXISTS when the caller's principal already has or had a
+        session with that id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
