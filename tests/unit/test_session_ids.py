@@ -173,3 +173,34 @@ def test_a_header_given_twice_must_agree_with_itself() -> None:
     with pytest.raises(errors.InvalidRequest, match=re.escape("given 2 different values")):
         header_session([(SESSION_HEADER, PROPOSED), (SESSION_HEADER, "B" * 32)])
     assert header_session([("other", "x")]) is None
+
+
+# ------------------------------------------------------------ daemon id --
+
+
+def test_the_daemon_id_defaults_to_the_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from buildd_server.cli import config_from_args
+
+    monkeypatch.delenv("BUILDD_DAEMON_ID", raising=False)
+    assert config_from_args([]).daemon_id == socket.gethostname()[:64]
+    assert config_from_args(["--daemon-id", "buildd-7"]).daemon_id == "buildd-7"
+    monkeypatch.setenv("BUILDD_DAEMON_ID", "from.env_1")
+    assert config_from_args([]).daemon_id == "from.env_1"
+
+
+@pytest.mark.parametrize("bad", ["-lead", "has space", "x" * 65, "é", ""])
+def test_a_malformed_daemon_id_is_a_usage_error(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from buildd_server.cli import config_from_args
+
+    if not bad:
+        # Empty means "the default", not an error.
+        assert config_from_args(["--daemon-id", bad]).daemon_id
+        return
+    with pytest.raises(SystemExit) as exited:
+        config_from_args(["--daemon-id", bad])
+    assert exited.value.code == 2
+    assert "--daemon-id" in capsys.readouterr().err
