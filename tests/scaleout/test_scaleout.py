@@ -157,11 +157,30 @@ def test_every_call_of_a_session_lands_on_its_daemon(opened: Cluster, tmp_path: 
     # nginx's own record: every call of these sessions went to their daemon.
     addresses = {d.name: d.address for d in cluster.daemons}
     by_prefix = {i[:8]: i for i in chosen}
-    seen: dict[str, set[str]] = {i: set() for i in chosen}
-    for entry in cluster.nginx.access_log():
-        session_id = by_prefix.get(entry["session"])
-        if session_id is None:
-            continue
+    expected = {
+        "OpenSession",
+        "JoinSession",
+        "FindMissingBlobs",
+        "UploadBlob",
+        "Build",
+        "DownloadArtifact",
+        "KeepAlive",
+        "GetStatus",
+    }
+    # A call is logged when it ends, and a cancelled KeepAlive ends when nginx
+    # has seen the cancel: wait (bounded) for the lines, then check them all.
+    deadline = time.monotonic() + CALL_TIMEOUT
+    while True:
+        seen: dict[str, set[str]] = {i: set() for i in chosen}
+        entries = [e for e in cluster.nginx.access_log() if e["session"] in by_prefix]
+        for entry in entries:
+            seen[by_prefix[entry["session"]]].add(entry["uri"].rsplit("/", 1)[-1])
+        if all(expected <= methods for methods in seen.values()):
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.05)
+    for entry in entries:
+        session_id = by_prefix[entry["session"]]
         assert entry["upstream"] == addresses[cluster.placement[session_id]], entry
         method = entry["uri"].rsplit("/", 1)[-1]
         # The client ends its KeepAlive stream by cancelling it: no trailer.
@@ -169,18 +188,6 @@ def test_every_call_of_a_session_lands_on_its_daemon(opened: Cluster, tmp_path: 
             ("200", "0"),
             *([("200", "-")] if method == "KeepAlive" else []),
         ), entry
-        seen[session_id].add(method)
-    for session_id in chosen:
-        assert {
-            "OpenSession",
-            "JoinSession",
-            "FindMissingBlobs",
-            "UploadBlob",
-            "Build",
-            "DownloadArtifact",
-            "KeepAlive",
-            "GetStatus",
-        } <= seen[session_id], seen[session_id]
 
 
 def _metric(daemon: ScaleDaemon, sample: str) -> float:
