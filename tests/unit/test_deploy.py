@@ -35,7 +35,7 @@ VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 
 def _resources() -> list[tuple[Path, dict[str, Any]]]:
     found = []
-    for path in sorted(KUBE.glob("*.yaml")):
+    for path in sorted(KUBE.glob("**/*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             if document is not None:
                 found.append((path, document))
