@@ -187,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
         help="environments per key in one session (default: 4)",
     )
     parser.add_argument(
+        "--max-watches-per-session",
+        type=int,
+        default=int(_env("MAX_WATCHES_PER_SESSION", "64")),
+        metavar="N",
+        help="open WatchMetadata streams per session (default: 64)",
+    )
+    parser.add_argument(
         "--max-envs",
         type=int,
         default=int(_env("MAX_ENVS", "32")),
@@ -307,7 +314,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
     for name in ("session_ttl", "hook_timeout"):
         if getattr(args, name) <= 0:
             _parser().error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("max_envs_per_key", "max_envs"):
+    for name in ("max_envs_per_key", "max_envs", "max_watches_per_session"):
         if getattr(args, name) < 1:
             _parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if args.blob_cache_size < 1 or args.max_source_size < 1 or args.max_source_files < 1:
@@ -333,6 +340,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         session_ttl=args.session_ttl,
         max_envs_per_key=args.max_envs_per_key,
         max_envs=args.max_envs,
+        max_watches_per_session=args.max_watches_per_session,
         hook_timeout=args.hook_timeout,
         installer=args.installer,
         installer_options=InstallerOptions(

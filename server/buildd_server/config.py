@@ -104,5 +104,7 @@ class Config:
     # Warm hook calls fork from a per-environment fork server (zygotes.py).
     fork_server: bool = True
     caps: PrincipalCaps = field(default_factory=PrincipalCaps)
+    # Open WatchMetadata streams per session (watches.py).
+    max_watches_per_session: int = 64
     # This daemon's name among several behind one proxy (docs/scale-out.md).
     daemon_id: str = ""

@@ -53,6 +53,13 @@ class Environment:
     hook_calls: int = 0
     # Whether warm hook calls may fork from a fork server (zygotes.py).
     fork_server: bool = False
+    # Set once destroyed: what it answered is no longer reused (hookcache.py).
+    retired: bool = False
+
+    @property
+    def generation(self) -> tuple[str, str, str]:
+        """What must stay the same for this instance's hook answers to hold."""
+        return (self.id, self.key.id, self.fingerprint)
 
 
 class EnvironmentFactory:
@@ -175,6 +182,7 @@ class EnvironmentFactory:
 
     def destroy(self, env: Environment) -> None:
         # First the process that runs from the folder, then the folder.
+        env.retired = True
         zygotes.stop(env.id, "destroyed")
         shutil.rmtree(env.path, ignore_errors=True)
 

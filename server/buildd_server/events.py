@@ -19,6 +19,7 @@ PhaseName = Literal[
     "running_hook",
     "hook_finished",
     "artifact_written",
+    "cache_hit",
 ]
 
 
@@ -33,6 +34,8 @@ class Phase:
     hook: str = ""
     count: int = 0
     step_seconds: float = 0.0
+    # The source fingerprint a cached answer was given for (cache_hit).
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,9 @@ def test_a_header_naming_another_session_is_refused_before_anything_happens(
                     pb.DownloadArtifactRequest(session_id=session.id, path="/x"), metadata=md
                 )
             ),
+            "WatchMetadata": _code(
+                lambda: stub.WatchMetadata(pb.WatchMetadataRequest(context=context), metadata=md)
+            ),
         }
         events: list[pb.Event] = []
         try:

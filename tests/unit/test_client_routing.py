@@ -71,6 +71,10 @@ class Recorder(buildd_pb2_grpc.BuilddServicer):
         )
         yield pb.Event(result=pb.Result(build=pb.BuildResult(artifacts=[artifact])))
 
+    def WatchMetadata(self, request: pb.WatchMetadataRequest, context: Any) -> Iterator[Any]:
+        self._note("WatchMetadata", context)
+        yield pb.WatchMetadataEvent(metadata=pb.MetadataResult(metadata=b"Name: x\n"))
+
     def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> pb.StatusResponse:
         self._note("GetStatus", context)
         return pb.StatusResponse()
@@ -120,6 +124,8 @@ def test_every_session_call_of_the_library_carries_the_header(
         client.join_session(session.id)
         session.get_requires(project).result()
         session.metadata(project).result()
+        with session.watch_metadata(project) as watch:
+            assert watch.get(10).metadata.metadata == b"Name: x\n"
         result = session.build(project).result()
         digest = session.upload(project)
         assert digest.startswith("sha256:")
@@ -136,6 +142,7 @@ def test_every_session_call_of_the_library_carries_the_header(
         "JoinSession",
         "GetRequires",
         "PrepareMetadata",
+        "WatchMetadata",
         "Build",
         "FindMissingBlobs",
         "UploadBlob",
@@ -192,7 +199,14 @@ def test_the_interceptor_covers_every_rpc_whose_request_names_a_session() -> Non
         )
         intercept(continuation, Details(), request)
         assert list(seen[-1]) == [("authorization", "Bearer t"), (SESSION_HEADER, "S" * 32)]
-    assert {"OpenSession", "JoinSession", "Build", "DownloadArtifact", "GetStatus"} <= set(named)
+    assert {
+        "OpenSession",
+        "JoinSession",
+        "Build",
+        "DownloadArtifact",
+        "GetStatus",
+        "WatchMetadata",
+    } <= set(named)
 
 
 def test_no_header_for_an_id_that_could_not_be_one() -> None:

@@ -122,6 +122,12 @@ class _PhaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseKind.V
     """
     PHASE_KIND_ARTIFACT_WRITTEN: _PhaseKind.ValueType  # 8
     """An artifact was written: `detail` is its path."""
+    PHASE_KIND_CACHE_HIT: _PhaseKind.ValueType  # 9
+    """Hook `hook` did not run: its answer was taken from the cache, given for
+    the same environment instance (`environment_path`, `key_id`), config
+    settings and source fingerprint (`source_fingerprint`). Sent instead of
+    RUNNING_HOOK and HOOK_FINISHED, once per hook not run.
+    """
 
 class PhaseKind(_PhaseKind, metaclass=_PhaseKindEnumTypeWrapper):
     """The steps of a request, in the order they usually happen."""
@@ -155,6 +161,12 @@ RUNNING_HOOK.
 """
 PHASE_KIND_ARTIFACT_WRITTEN: PhaseKind.ValueType  # 8
 """An artifact was written: `detail` is its path."""
+PHASE_KIND_CACHE_HIT: PhaseKind.ValueType  # 9
+"""Hook `hook` did not run: its answer was taken from the cache, given for
+the same environment instance (`environment_path`, `key_id`), config
+settings and source fingerprint (`source_fingerprint`). Sent instead of
+RUNNING_HOOK and HOOK_FINISHED, once per hook not run.
+"""
 Global___PhaseKind: _TypeAlias = PhaseKind  # noqa: Y015
 
 class _LogStream:
@@ -619,6 +631,7 @@ class BuildContext(_message.Message):
     PYTHON_FIELD_NUMBER: _builtins.int
     CONFIG_SETTINGS_FIELD_NUMBER: _builtins.int
     QUIET_FIELD_NUMBER: _builtins.int
+    NO_CACHE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session that owns the environments this request may use."""
     python: _builtins.str
@@ -630,6 +643,11 @@ class BuildContext(_message.Message):
     quiet: _builtins.bool
     """When true, backend output lines are not streamed as LogLine events (they
     are still kept, bounded, for the failure report).
+    """
+    no_cache: _builtins.bool
+    """When true, every hook runs even when the daemon holds a valid cached
+    answer (see `MetadataResult.cached`); the fresh answer replaces the cached
+    one. Default false: answers are reused while their inputs are unchanged.
     """
     @_builtins.property
     def source(self) -> Global___Source:
@@ -647,10 +665,11 @@ class BuildContext(_message.Message):
         python: _builtins.str = ...,
         config_settings: _abc.Iterable[Global___ConfigSetting] | None = ...,
         quiet: _builtins.bool = ...,
+        no_cache: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_settings", b"config_settings", "python", b"python", "quiet", b"quiet", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_settings", b"config_settings", "no_cache", b"no_cache", "python", b"python", "quiet", b"quiet", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -749,6 +768,99 @@ class BuildRequest(_message.Message):
 Global___BuildRequest: _TypeAlias = BuildRequest  # noqa: Y015
 
 @_typing.final
+class WatchMetadataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    DISTRIBUTION_FIELD_NUMBER: _builtins.int
+    distribution: Global___Distribution.ValueType
+    """WHEEL (default) or EDITABLE."""
+    @_builtins.property
+    def context(self) -> Global___BuildContext:
+        """The session, source, interpreter and config settings, as for
+        PrepareMetadata. `quiet` is ignored: a watch sends no log lines. A source
+        must be a project directory (`source.path`): an sdist or an uploaded
+        digest never changes, and gives INVALID_ARGUMENT.
+        """
+
+    def __init__(
+        self,
+        *,
+        context: Global___BuildContext | None = ...,
+        distribution: Global___Distribution.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "distribution", b"distribution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchMetadataRequest: _TypeAlias = WatchMetadataRequest  # noqa: Y015
+
+@_typing.final
+class WatchMetadataEvent(_message.Message):
+    """One message of a WatchMetadata stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHANGED_PATHS_FIELD_NUMBER: _builtins.int
+    LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
+    HOOK_SECONDS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """This event's number in the stream, from 1."""
+    latency_seconds: _builtins.float
+    """Seconds from the daemon seeing the first change of the batch to sending
+    this event: debounce, lease wait and hooks included. 0 for the first event.
+    """
+    hook_seconds: _builtins.float
+    """Seconds spent in hook processes for this event (0 when it came from the
+    cache).
+    """
+    @_builtins.property
+    def metadata(self) -> Global___MetadataResult:
+        """The metadata: first as the watch starts (prepared, or cached), then
+        each time `metadata.metadata` differs from the last one sent, and once
+        more after a failure when preparing works again.
+        """
+
+    @_builtins.property
+    def failure(self) -> Global___Failure:
+        """Preparing failed (for example pyproject.toml is malformed, or the
+        backend raised). The watch goes on; the same failure is not sent twice
+        in a row.
+        """
+
+    @_builtins.property
+    def changed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Files whose change led to this event, relative to the source directory
+        (or absolute when outside it, e.g. in a repository's .git), sorted, at
+        most 100. Empty for the first event.
+        """
+
+    def __init__(
+        self,
+        *,
+        metadata: Global___MetadataResult | None = ...,
+        failure: Global___Failure | None = ...,
+        sequence: _builtins.int = ...,
+        changed_paths: _abc.Iterable[_builtins.str] | None = ...,
+        latency_seconds: _builtins.float = ...,
+        hook_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_paths", b"changed_paths", "failure", b"failure", "hook_seconds", b"hook_seconds", "kind", b"kind", "latency_seconds", b"latency_seconds", "metadata", b"metadata", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["metadata", "failure"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___WatchMetadataEvent: _TypeAlias = WatchMetadataEvent  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     """-------------------------------------------------------------- the stream --
 
@@ -807,6 +919,7 @@ class Phase(_message.Message):
     HOOK_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    SOURCE_FINGERPRINT_FIELD_NUMBER: _builtins.int
     kind: Global___PhaseKind.ValueType
     elapsed_seconds: _builtins.float
     """Seconds since the daemon received the request, for every phase (the own
@@ -827,6 +940,10 @@ class Phase(_message.Message):
     set on HOOK_FINISHED and on the closing CREATING_ENVIRONMENT and
     INSTALLING_REQUIREMENTS phases.
     """
+    source_fingerprint: _builtins.str
+    """On CACHE_HIT: the source fingerprint (64 hex digits) the reused answer
+    was given for. Empty otherwise.
+    """
     def __init__(
         self,
         *,
@@ -838,10 +955,11 @@ class Phase(_message.Message):
         hook: _builtins.str = ...,
         count: _builtins.int = ...,
         step_seconds: _builtins.float = ...,
+        source_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed_seconds", b"elapsed_seconds", "environment_path", b"environment_path", "hook", b"hook", "key_id", b"key_id", "kind", b"kind", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed_seconds", b"elapsed_seconds", "environment_path", b"environment_path", "hook", b"hook", "key_id", b"key_id", "kind", b"kind", "source_fingerprint", b"source_fingerprint", "step_seconds", b"step_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -915,10 +1033,17 @@ class RequiresResult(_message.Message):
     DYNAMIC_REQUIREMENTS_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """The environment key's id after installing the dynamic requirements."""
     backend: _builtins.str
     """The build backend, e.g. "setuptools.build_meta:__legacy__"."""
+    cached: _builtins.bool
+    """True when `get_requires_for_build_*` did not run: its answer was reused
+    from an earlier call of this session for the same source, environment
+    instance, config settings and source fingerprint (a CACHE_HIT phase was
+    sent). The answer is the same as a fresh call would give.
+    """
     @_builtins.property
     def static_requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """`[build-system].requires` as written in pyproject.toml (or PEP 517's
@@ -936,10 +1061,11 @@ class RequiresResult(_message.Message):
         dynamic_requirements: _abc.Iterable[_builtins.str] | None = ...,
         key_id: _builtins.str = ...,
         backend: _builtins.str = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "dynamic_requirements", b"dynamic_requirements", "key_id", b"key_id", "static_requirements", b"static_requirements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cached", b"cached", "dynamic_requirements", b"dynamic_requirements", "key_id", b"key_id", "static_requirements", b"static_requirements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -953,6 +1079,8 @@ class MetadataResult(_message.Message):
     DIST_INFO_NAME_FIELD_NUMBER: _builtins.int
     DIST_INFO_PATH_FIELD_NUMBER: _builtins.int
     FROM_WHEEL_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    SOURCE_FINGERPRINT_FIELD_NUMBER: _builtins.int
     metadata: _builtins.bytes
     """The core metadata file (`METADATA`) exactly as the backend wrote it."""
     dist_info_name: _builtins.str
@@ -963,6 +1091,19 @@ class MetadataResult(_message.Message):
     """True when the backend lacked `prepare_metadata_for_build_*` and a wheel
     was built to get the metadata.
     """
+    cached: _builtins.bool
+    """True when no hook ran: the metadata was prepared earlier in this session
+    for the same source, environment instance, config settings and source
+    fingerprint, and `metadata` is byte for byte what the backend wrote then.
+    """
+    source_fingerprint: _builtins.str
+    """The source fingerprint this metadata belongs to: 64 hex digits of a
+    SHA-256 over the tree's file contents, its VCS state, the daemon's
+    environment variables and the date (docs/protocol.md, "Cached answers").
+    Equal fingerprints mean equal inputs. Empty when the tree was too large
+    to fingerprint (then nothing is cached); starts with "weak:" when only
+    the build declaration was fingerprinted.
+    """
     def __init__(
         self,
         *,
@@ -970,10 +1111,12 @@ class MetadataResult(_message.Message):
         dist_info_name: _builtins.str = ...,
         dist_info_path: _builtins.str = ...,
         from_wheel: _builtins.bool = ...,
+        cached: _builtins.bool = ...,
+        source_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dist_info_name", b"dist_info_name", "dist_info_path", b"dist_info_path", "from_wheel", b"from_wheel", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "dist_info_name", b"dist_info_name", "dist_info_path", b"dist_info_path", "from_wheel", b"from_wheel", "metadata", b"metadata", "source_fingerprint", b"source_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1154,6 +1297,9 @@ class DaemonInfo(_message.Message):
     MAX_ENVS_PER_KEY_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     DAEMON_ID_FIELD_NUMBER: _builtins.int
+    MAX_WATCHES_PER_SESSION_FIELD_NUMBER: _builtins.int
+    MAX_WATCHES_PER_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    WATCHED_TREES_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     version: _builtins.str
     """buildd's version."""
@@ -1175,6 +1321,15 @@ class DaemonInfo(_message.Message):
     --daemon-id; default: the host name, which is the pod name in a
     Kubernetes StatefulSet).
     """
+    max_watches_per_session: _builtins.int
+    """Caps on open WatchMetadata streams: per session, and per principal
+    (--max-watches-per-session, --max-watches-per-principal).
+    """
+    max_watches_per_principal: _builtins.int
+    watched_trees: _builtins.int
+    """Source trees the daemon watches now (each watched once, however many
+    streams watch it).
+    """
     def __init__(
         self,
         *,
@@ -1188,10 +1343,13 @@ class DaemonInfo(_message.Message):
         max_envs_per_key: _builtins.int = ...,
         draining: _builtins.bool = ...,
         daemon_id: _builtins.str = ...,
+        max_watches_per_session: _builtins.int = ...,
+        max_watches_per_principal: _builtins.int = ...,
+        watched_trees: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "daemon_id", b"daemon_id", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "daemon_id", b"daemon_id", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "max_watches_per_principal", b"max_watches_per_principal", "max_watches_per_session", b"max_watches_per_session", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version", "watched_trees", b"watched_trees"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1269,6 +1427,7 @@ class SessionStatus(_message.Message):
     KEEPALIVES_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
+    WATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     client_name: _builtins.str
     created_at: _builtins.float
@@ -1277,6 +1436,8 @@ class SessionStatus(_message.Message):
     """Open KeepAlive streams holding the session."""
     principal: _builtins.str
     """The principal the session belongs to."""
+    watches: _builtins.int
+    """Open WatchMetadata streams of the session."""
     @_builtins.property
     def environments(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvironmentInfo]: ...
     def __init__(
@@ -1289,10 +1450,11 @@ class SessionStatus(_message.Message):
         keepalives: _builtins.int = ...,
         environments: _abc.Iterable[Global___EnvironmentInfo] | None = ...,
         principal: _builtins.str = ...,
+        watches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "created_at", b"created_at", "environments", b"environments", "keepalives", b"keepalives", "last_active_at", b"last_active_at", "principal", b"principal", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "created_at", b"created_at", "environments", b"environments", "keepalives", b"keepalives", "last_active_at", b"last_active_at", "principal", b"principal", "session_id", b"session_id", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

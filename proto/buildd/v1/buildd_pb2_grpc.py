@@ -70,6 +70,11 @@ class BuilddStub:
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.BuildRequest.SerializeToString,
                 response_deserializer=buildd_dot_v1_dot_buildd__pb2.Event.FromString,
                 _registered_method=True)
+        self.WatchMetadata = channel.unary_stream(
+                '/buildd.v1.Buildd/WatchMetadata',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.WatchMetadataRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.WatchMetadataEvent.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/buildd.v1.Buildd/GetStatus',
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.SerializeToString,
@@ -165,6 +170,25 @@ class BuilddServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchMetadata(self, request, context):
+        """Watch a source's core metadata: the daemon prepares it once, sends it,
+        then watches the tree and prepares it again after each change (in the
+        session's environment for the source, under the usual exclusive lease,
+        through the metadata cache), sending an event only when `METADATA`
+        actually changed, or when preparing failed (the watch then goes on, and
+        sends the metadata again once preparing succeeds). An open watch holds
+        its session like a KeepAlive stream. The stream ends when the client
+        cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+        the daemon drains. Watches per session and per principal are capped
+        (the daemon's --max-watches-per-session and --max-watches-per-principal):
+        beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+        (session, source path, settings) end the stream at once with their
+        status, before any event. See docs/protocol.md ("Watching metadata").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """The daemon, its sessions and their environments.
         """
@@ -253,6 +277,11 @@ def add_BuilddServicer_to_server(servicer, server):
                     servicer.Build,
                     request_deserializer=buildd_dot_v1_dot_buildd__pb2.BuildRequest.FromString,
                     response_serializer=buildd_dot_v1_dot_buildd__pb2.Event.SerializeToString,
+            ),
+            'WatchMetadata': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMetadata,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.WatchMetadataRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.WatchMetadataEvent.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -470,6 +499,33 @@ class Buildd:
             '/buildd.v1.Buildd/Build',
             buildd_dot_v1_dot_buildd__pb2.BuildRequest.SerializeToString,
             buildd_dot_v1_dot_buildd__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/buildd.v1.Buildd/WatchMetadata',
+            buildd_dot_v1_dot_buildd__pb2.WatchMetadataRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.WatchMetadataEvent.FromString,
             options,
             channel_credentials,
             insecure,

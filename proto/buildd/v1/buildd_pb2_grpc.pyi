@@ -110,6 +110,21 @@ class BuilddStub:
     """
     Build: _grpc.UnaryStreamMultiCallable[_buildd_pb2.BuildRequest, _buildd_pb2.Event]
     """Build one or more distributions. Final event: `result.build`."""
+    WatchMetadata: _grpc.UnaryStreamMultiCallable[_buildd_pb2.WatchMetadataRequest, _buildd_pb2.WatchMetadataEvent]
+    """Watch a source's core metadata: the daemon prepares it once, sends it,
+    then watches the tree and prepares it again after each change (in the
+    session's environment for the source, under the usual exclusive lease,
+    through the metadata cache), sending an event only when `METADATA`
+    actually changed, or when preparing failed (the watch then goes on, and
+    sends the metadata again once preparing succeeds). An open watch holds
+    its session like a KeepAlive stream. The stream ends when the client
+    cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+    the daemon drains. Watches per session and per principal are capped
+    (the daemon's --max-watches-per-session and --max-watches-per-principal):
+    beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+    (session, source path, settings) end the stream at once with their
+    status, before any event. See docs/protocol.md ("Watching metadata").
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]
     """The daemon, its sessions and their environments."""
     Shutdown: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]
@@ -181,6 +196,21 @@ class BuilddAsyncStub(BuilddStub):
     """
     Build: _aio.UnaryStreamMultiCallable[_buildd_pb2.BuildRequest, _buildd_pb2.Event]  # type: ignore[assignment]
     """Build one or more distributions. Final event: `result.build`."""
+    WatchMetadata: _aio.UnaryStreamMultiCallable[_buildd_pb2.WatchMetadataRequest, _buildd_pb2.WatchMetadataEvent]  # type: ignore[assignment]
+    """Watch a source's core metadata: the daemon prepares it once, sends it,
+    then watches the tree and prepares it again after each change (in the
+    session's environment for the source, under the usual exclusive lease,
+    through the metadata cache), sending an event only when `METADATA`
+    actually changed, or when preparing failed (the watch then goes on, and
+    sends the metadata again once preparing succeeds). An open watch holds
+    its session like a KeepAlive stream. The stream ends when the client
+    cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+    the daemon drains. Watches per session and per principal are capped
+    (the daemon's --max-watches-per-session and --max-watches-per-principal):
+    beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+    (session, source path, settings) end the stream at once with their
+    status, before any event. See docs/protocol.md ("Watching metadata").
+    """
     GetStatus: _aio.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]  # type: ignore[assignment]
     """The daemon, its sessions and their environments."""
     Shutdown: _aio.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]  # type: ignore[assignment]
@@ -291,6 +321,27 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_buildd_pb2.Event], _abc.AsyncIterator[_buildd_pb2.Event]]:
         """Build one or more distributions. Final event: `result.build`."""
+
+    @_abc_1.abstractmethod
+    def WatchMetadata(
+        self,
+        request: _buildd_pb2.WatchMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_buildd_pb2.WatchMetadataEvent], _abc.AsyncIterator[_buildd_pb2.WatchMetadataEvent]]:
+        """Watch a source's core metadata: the daemon prepares it once, sends it,
+        then watches the tree and prepares it again after each change (in the
+        session's environment for the source, under the usual exclusive lease,
+        through the metadata cache), sending an event only when `METADATA`
+        actually changed, or when preparing failed (the watch then goes on, and
+        sends the metadata again once preparing succeeds). An open watch holds
+        its session like a KeepAlive stream. The stream ends when the client
+        cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+        the daemon drains. Watches per session and per principal are capped
+        (the daemon's --max-watches-per-session and --max-watches-per-principal):
+        beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+        (session, source path, settings) end the stream at once with their
+        status, before any event. See docs/protocol.md ("Watching metadata").
+        """
 
     @_abc_1.abstractmethod
     def GetStatus(

@@ -101,6 +101,7 @@ def context(wire: pb.BuildContext, deadline: float | None, principal: str) -> Re
         config_settings=config_settings(wire.config_settings),
         quiet=wire.quiet,
         deadline=deadline,
+        no_cache=wire.no_cache,
     )
 
 

@@ -9,11 +9,13 @@ from buildd.v1 import buildd_pb2 as pb
 
 from ..events import Event, Log, Phase
 from .decode import DIST_NUMBERS
+from .failures import failure
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..requests import ArtifactOutcome, MetadataOutcome, RequiresOutcome
+    from ..watches import WatchUpdate
 
 _PHASES: dict[str, int] = {
     "key_resolved": pb.PHASE_KIND_KEY_RESOLVED,
@@ -24,6 +26,7 @@ _PHASES: dict[str, int] = {
     "running_hook": pb.PHASE_KIND_RUNNING_HOOK,
     "hook_finished": pb.PHASE_KIND_HOOK_FINISHED,
     "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
+    "cache_hit": pb.PHASE_KIND_CACHE_HIT,
 }
 
 
@@ -43,6 +46,7 @@ def event(item: Event, started: float) -> pb.Event:
             hook=item.hook,
             count=item.count,
             step_seconds=item.step_seconds,
+            source_fingerprint=item.fingerprint,
         )
     )
 
@@ -54,19 +58,39 @@ def requires(out: RequiresOutcome) -> pb.Result:
             dynamic_requirements=out.dynamic,
             key_id=out.key_id,
             backend=out.backend,
+            cached=out.cached,
         )
     )
 
 
 def metadata(out: MetadataOutcome) -> pb.Result:
-    return pb.Result(
-        metadata=pb.MetadataResult(
-            metadata=out.metadata,
-            dist_info_name=out.dist_info_name,
-            dist_info_path=str(out.dist_info_path),
-            from_wheel=out.from_wheel,
-        )
+    return pb.Result(metadata=metadata_result(out))
+
+
+def metadata_result(out: MetadataOutcome) -> pb.MetadataResult:
+    return pb.MetadataResult(
+        metadata=out.metadata,
+        dist_info_name=out.dist_info_name,
+        dist_info_path=str(out.dist_info_path),
+        from_wheel=out.from_wheel,
+        cached=out.cached,
+        source_fingerprint=out.fingerprint,
     )
+
+
+def watch_event(update: WatchUpdate) -> pb.WatchMetadataEvent:
+    """One update of a metadata watch (not its end: that is the stream's status)."""
+    event = pb.WatchMetadataEvent(
+        sequence=update.sequence,
+        changed_paths=list(update.changed),
+        latency_seconds=update.latency,
+        hook_seconds=update.hook_seconds,
+    )
+    if update.metadata is not None:
+        event.metadata.CopyFrom(metadata_result(update.metadata))
+    elif update.error is not None:
+        event.failure.CopyFrom(failure(update.error))
+    return event
 
 
 def build(artifacts: Sequence[ArtifactOutcome]) -> pb.Result:

@@ -12,6 +12,8 @@ which kills the running hook's process group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import threading
 import time
 import uuid
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from ..requests import Request
     from ..service import BuildService
     from ..sessions import SessionRegistry
+    from ..watches import WatchUpdate
     from .streams import Blocking
     from .transfers import Transfers
 
@@ -193,6 +196,47 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         outdir = (("output_directory", request.output_directory),)
         async for event in self._stream(request.context, context, "build", run, outdir):
             yield event
+
+    async def WatchMetadata(
+        self, request: pb.WatchMetadataRequest, context: Context
+    ) -> AsyncIterator[pb.WatchMetadataEvent]:
+        # Waiting for changes costs this coroutine only; updates come from the
+        # watcher's and the preparing threads through call_soon_threadsafe.
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[WatchUpdate] = asyncio.Queue()
+
+        def deliver(update: WatchUpdate) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
+                loop.call_soon_threadsafe(updates.put_nowait, update)
+
+        try:
+            who = self._who(context)
+            wire = request.context
+            check_session_header(
+                context.invocation_metadata(), wire.session_id, "context.session_id"
+            )
+            dist = decode.metadata_distribution(request.distribution)
+            # A watch sends no log lines: only metadata and failures.
+            req = dataclasses.replace(decode.context(wire, None, who.name), quiet=True)
+            self._auth.check_path(who, wire.source.path, "context.source.path")
+            with self._limits.acquire(who.name, "watches"):
+                # Opening sets up the tree's watcher (a walk of its folders): off the loop.
+                watch = await self._blocking(self._service.watches.open, req, dist, deliver)
+                try:
+                    while True:
+                        update = await updates.get()
+                        if update.final:
+                            if update.error is None:
+                                return
+                            raise update.error
+                        yield encode.watch_event(update)
+                finally:
+                    watch.end()
+        except errors.BuilddError as exc:
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "WatchMetadata")
+        await failures.abort(context, error, self._metrics, call="watch_metadata")
 
     # --------------------------------------------------------------- status --
 

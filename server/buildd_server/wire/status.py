@@ -55,6 +55,9 @@ class StatusSource:
                 max_envs_per_key=self.config.max_envs_per_key,
                 draining=self.service.draining,
                 daemon_id=self.config.daemon_id,
+                max_watches_per_session=self.config.max_watches_per_session,
+                max_watches_per_principal=self.config.caps.watches,
+                watched_trees=self.service.watches.trees.watched(),
             ),
             principal=who.name,
             admin=who.admin,
@@ -67,6 +70,7 @@ class StatusSource:
                 last_active_at=time.time() - (time.monotonic() - session.last_active),
                 keepalives=session.keepalives,
                 principal=session.principal,
+                watches=self.service.watches.count(session.id),
             )
             for entry in entries:
                 if entry.owner != session.id:
