@@ -34,8 +34,8 @@ address, a proxy pinning each session to the daemon that holds it by
 hashing the metadata `x-buildd-session: <session id>`. A client sends it on
 every call that names a session: OpenSession (with the id it proposes in
 `OpenSessionRequest.session_id`), JoinSession, KeepAlive, CloseSession,
-GetRequires, PrepareMetadata, Build, GetStatus with a `session_id`,
-DownloadArtifact, and also FindMissingBlobs and UploadBlob, whose messages
+GetRequires, PrepareMetadata, WatchMetadata, Build, GetStatus with a
+`session_id`, DownloadArtifact, and also FindMissingBlobs and UploadBlob, whose messages
 name no session: the header says which session the upload is for, so that
 it reaches the daemon that will build it. When the header is present on a
 call whose request names a session, the two must be equal
