@@ -168,7 +168,7 @@ class Client:
         return Session(self, info)
 
     def join_session(self, session_id: str) -> Session:
-        """Join an existing session; RequestFailed (SESSION_NOT_FOUND) when it has ended."""
+        """Join an existing session; RequestFailed (``session_gone``) when ended or unknown."""
         info = self._unary(self._stub.JoinSession, pb.JoinSessionRequest(session_id=session_id))
         return Session(self, info)
 
@@ -186,7 +186,7 @@ class Client:
                 try:
                     return self.join_session(session_id)
                 except RequestFailed as exc:
-                    if exc.kind != pb.FAILURE_KIND_SESSION_NOT_FOUND:
+                    if not exc.session_gone:
                         raise
             session = self.open_session(client_name)
             stored[self.address.target] = session.id
@@ -215,7 +215,7 @@ class Client:
                 self._stub.CloseSession, pb.CloseSessionRequest(session_id=session_id)
             )
         except RequestFailed as exc:
-            if exc.kind == pb.FAILURE_KIND_SESSION_NOT_FOUND:
+            if exc.session_gone:
                 self.forget_default_session(session_id)
             raise
         self.forget_default_session(session_id)
@@ -243,6 +243,11 @@ class Client:
                 raise DaemonUnavailable(f"no buildd daemon answers at {self.address}") from exc
             return False
         return status == _SERVING
+
+    def interpreters(self) -> list[pb.InterpreterInfo]:
+        """The interpreters the daemon can build with, and where it found each."""
+        response = self._unary(self._stub.ListInterpreters, pb.ListInterpretersRequest())
+        return list(response.interpreters)
 
     def shutdown(self, grace: float = 0.0) -> pb.ShutdownResponse:
         """Ask the daemon to drain and stop; returns once the drain has begun."""

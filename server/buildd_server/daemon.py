@@ -34,7 +34,6 @@ import grpc
 import grpc.aio
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
@@ -46,6 +45,7 @@ from .errors import DaemonStartupError
 from .installers import select_installer
 from .metrics import Metrics
 from .pool import Pool
+from .reflection import enable_reflection
 from .service import BuildService
 from .sessions import Session, SessionRegistry
 from .wire.limits import TRANSPORT_LIMIT, Limits
@@ -198,10 +198,10 @@ class Daemon:
         )
         buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
         self._bind(server)
+        # Port 0 is bound to a real port only now: status reports that one.
+        self.servicer.address = self.address.target
         await server.start()
         await self._set_health(_SERVING)
         return server

@@ -9,6 +9,7 @@ hook or a person changed it (rule 5).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import errors, zygotes
-from .events import Emit, Phase
+from .events import Emit, Event, Log, LogSource, Phase
 from .installers import Installer, base_environment
 from .processes import TAIL_LINES, mentions_enospc, run_process
 
@@ -101,7 +102,9 @@ class EnvironmentFactory:
         env_id = secrets.token_hex(6)
         path = owner_dir / env_id
         started = time.monotonic()
-        phase = Phase("creating_environment", key_id=key.id, environment_path=str(path))
+        phase = Phase(
+            "creating_environment", key_id=key.id, environment_path=str(path), step="start"
+        )
         emit(phase)
         try:
             _check_cancel(cancel, f"creating environment {path}")
@@ -234,13 +237,19 @@ class EnvironmentFactory:
             count=len(requirements),
             key_id=key_id,
             environment_path=str(path),
+            step="start",
         )
         emit(phase)
         argv, environ = self.installer.command(python, requirements, self.options)
         label = f"{self.installer.name} installing {listed} into {path}"
         try:
             result = run_process(
-                argv, env=environ, label=label, hook="install", emit=emit, cancel=cancel
+                argv,
+                env=environ,
+                label=label,
+                hook="install",
+                emit=_from_source(emit, "installer"),
+                cancel=cancel,
             )
         except OSError as exc:
             if _is_enospc(exc):
@@ -278,7 +287,7 @@ class EnvironmentFactory:
             env=base_environment(),
             label=f"compiling {site_packages}",
             hook="install",
-            emit=emit,
+            emit=_from_source(emit, "compiler"),
             cancel=cancel,
         )
         if result.returncode != 0 and any(mentions_enospc(x) for x in result.last_lines):
@@ -342,7 +351,17 @@ def _ended(phase: Phase, started: float) -> Phase:
         environment_path=phase.environment_path,
         count=phase.count,
         step_seconds=max(time.monotonic() - started, 1e-6),
+        step="end",
     )
+
+
+def _from_source(emit: Emit, source: LogSource) -> Emit:
+    """``emit`` with every Log event marked as written by ``source``."""
+
+    def tagged(event: Event) -> None:
+        emit(dataclasses.replace(event, source=source) if isinstance(event, Log) else event)
+
+    return tagged
 
 
 def _check_cancel(cancel: threading.Event, what: str) -> None:

@@ -134,7 +134,10 @@ class Leaser:
                 "the request was cancelled while waiting for an environment"
             ) from exc
         except OwnerGone as exc:
-            raise errors.SessionNotFound(f"session {owner[:8]}… ended while waiting") from exc
+            raise errors.SessionEnded(
+                f"session {owner[:8]}… ended while waiting",
+                metadata={"session_id": owner, "end_reason": ctx.session.end_reason or ""},
+            ) from exc
 
 
 class RequestContext:

@@ -51,5 +51,7 @@ def check_session_header(
     said = f"is {_show(session_id)}" if session_id else "is empty"
     raise errors.InvalidRequest(
         f"{field} {said} but the metadata {SESSION_HEADER} names {_show(header)}: a proxy "
-        "routes the call by the header, so both must name the same session"
+        "routes the call by the header, so both must name the same session",
+        field=field,
+        metadata={SESSION_HEADER: header[:64]},
     )

@@ -295,7 +295,10 @@ class BuildService:
             # with it either sees the request (and leaves cleanup to it) or
             # the request sees the end.
             if session.ended:
-                raise errors.SessionNotFound(f"session {session.id[:8]}… has ended")
+                raise errors.SessionEnded(
+                    f"session {session.id[:8]}… has ended",
+                    metadata={"session_id": session.id, "end_reason": session.end_reason or ""},
+                )
             state = self._source_state(session.id, request.source)
             # Taken before the project is even read: the first request of a
             # source fixes its instance, and an sdist is unpacked only once.
@@ -324,7 +327,12 @@ class BuildService:
         cancel: threading.Event,
     ) -> RequestContext:
         root = self._project_root(request.source, session, state)
-        project = load_project(str(root))
+        try:
+            project = load_project(str(root))
+        except errors.SourceNotFound as exc:
+            if not exc.field and not is_digest(request.source):
+                exc.field = "context.source.path"
+            raise
         interpreter = resolve_interpreter(request.python)
         origin = f"{project.pyproject or project.root}: build-system.requires"
         key = make_key(

@@ -151,7 +151,8 @@ class SessionRegistry:
             raise errors.InvalidRequest(
                 f"session_id: the proposed id {_show(session_id)} must be exactly 32 "
                 "characters from A-Z, a-z, 0-9, '-' and '_', not beginning with '-' or '_' "
-                "(for example secrets.token_urlsafe(24), redrawn when it begins with either)"
+                "(for example secrets.token_urlsafe(24), redrawn when it begins with either)",
+                field="session_id",
             )
         wire_id = session_id or new_session_id()
         self._root.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,9 @@ class SessionRegistry:
             if name in self._named or name in self._ended:
                 raise errors.SessionExists(
                     f"session_id: {_show(wire_id)} is already the id of a session of principal "
-                    f"{principal!r} on this daemon{self._daemon}; propose a new random id"
+                    f"{principal!r} on this daemon{self._daemon}; propose a new random id",
+                    field="session_id",
+                    metadata={"session_id": wire_id},
                 )
             internal = wire_id
             # Another principal's session (or a folder left by one) has this id:
@@ -326,11 +329,12 @@ class SessionRegistry:
     def _lookup(self, session_id: str, principal: str | None = None) -> Session:
         """Lock held. Another principal's session is reported as unknown."""
         if not session_id:
-            raise errors.SessionNotFound("session id is empty")
+            raise errors.SessionNotFound("session id is empty", metadata={"session_id": ""})
         if not _ID.fullmatch(session_id):
             raise errors.SessionNotFound(
                 f"session id {_show(session_id)} is malformed: "
-                "expected 16 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+                "expected 16 to 64 characters from A-Z, a-z, 0-9, '_' and '-'",
+                metadata={"session_id": session_id[:64]},
             )
         if principal is not None:
             session = self._named.get((principal, session_id))
@@ -347,15 +351,17 @@ class SessionRegistry:
             return session
         if reason is not None:
             how = {"closed": "was closed", "expired": "expired", "shutdown": "ended at shutdown"}
-            raise errors.SessionNotFound(
-                f"session {_show(session_id)} has ended: {how[reason]}; open a new session"
+            raise errors.SessionEnded(
+                f"session {_show(session_id)} has ended: {how[reason]}; open a new session",
+                metadata={"session_id": session_id, "end_reason": reason},
             )
         # Behind a proxy this is what the sessions of a daemon that stopped or
         # was lost get from the daemon their calls reach now (docs/scale-out.md).
         raise errors.SessionNotFound(
             f"session {_show(session_id)} is unknown to this daemon{self._daemon}: open a "
             "new session (the daemon that held it may have stopped or been lost, or it "
-            "ended long ago)"
+            "ended long ago)",
+            metadata={"session_id": session_id},
         )
 
     def _touch(self, session: Session) -> None:

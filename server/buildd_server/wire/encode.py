@@ -14,6 +14,7 @@ from .failures import failure
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ..interpreter_discovery import FoundInterpreter
     from ..requests import ArtifactOutcome, MetadataOutcome, RequiresOutcome
     from ..watches import WatchUpdate
 
@@ -28,13 +29,39 @@ _PHASES: dict[str, int] = {
     "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
     "cache_hit": pb.PHASE_KIND_CACHE_HIT,
 }
+_STEPS = {
+    "start": pb.PHASE_STEP_START,
+    "end": pb.PHASE_STEP_END,
+    "instant": pb.PHASE_STEP_INSTANT,
+}
+_OUTCOMES = {
+    "": pb.HOOK_OUTCOME_UNSPECIFIED,
+    "ok": pb.HOOK_OUTCOME_OK,
+    "failed": pb.HOOK_OUTCOME_FAILED,
+    "timed_out": pb.HOOK_OUTCOME_TIMED_OUT,
+    "cancelled": pb.HOOK_OUTCOME_CANCELLED,
+}
+_LOG_SOURCES = {
+    "hook": pb.LOG_SOURCE_HOOK,
+    "installer": pb.LOG_SOURCE_INSTALLER,
+    "compiler": pb.LOG_SOURCE_COMPILER,
+}
+_INTERPRETER_SOURCES = {
+    "daemon": pb.INTERPRETER_SOURCE_DAEMON,
+    "path": pb.INTERPRETER_SOURCE_PATH,
+    "pyenv": pb.INTERPRETER_SOURCE_PYENV,
+}
 
 
 def event(item: Event, started: float) -> pb.Event:
     """A phase or log line of a long call that began at ``started`` (monotonic)."""
     if isinstance(item, Log):
         stream = pb.LOG_STREAM_STDOUT if item.stream == "stdout" else pb.LOG_STREAM_STDERR
-        return pb.Event(log=pb.LogLine(stream=stream, text=item.text, hook=item.hook))
+        return pb.Event(
+            log=pb.LogLine(
+                stream=stream, text=item.text, hook=item.hook, source=_LOG_SOURCES[item.source]
+            )
+        )
     assert isinstance(item, Phase)
     return pb.Event(
         phase=pb.Phase(
@@ -46,6 +73,8 @@ def event(item: Event, started: float) -> pb.Event:
             hook=item.hook,
             count=item.count,
             step_seconds=item.step_seconds,
+            step=_STEPS[item.step],
+            outcome=_OUTCOMES[item.outcome],
             source_fingerprint=item.fingerprint,
         )
     )
@@ -103,8 +132,26 @@ def build(artifacts: Sequence[ArtifactOutcome]) -> pb.Result:
                     filename=a.path.name,
                     size=a.size,
                     sha256=a.sha256,
+                    digest=f"sha256:{a.sha256}",
+                    size_bytes=a.size,
                 )
                 for a in artifacts
             ]
         )
+    )
+
+
+def interpreters(found: Sequence[FoundInterpreter]) -> pb.ListInterpretersResponse:
+    return pb.ListInterpretersResponse(
+        interpreters=[
+            pb.InterpreterInfo(
+                path=item.path,
+                executable=item.interpreter.executable,
+                implementation=item.interpreter.implementation,
+                version=item.interpreter.version,
+                platform=item.interpreter.platform,
+                source=_INTERPRETER_SOURCES[item.source],
+            )
+            for item in found
+        ]
     )

@@ -26,6 +26,7 @@ from buildd.v1 import buildd_pb2_grpc
 
 from .. import errors
 from ..auth import Authenticator, Principal
+from ..interpreter_discovery import discover_interpreters
 from ..routing import check_session_header, header_session
 from . import decode, encode, failures
 from .limits import Limits
@@ -103,7 +104,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             if self._service.draining:
                 raise errors.Unavailable("the daemon is shutting down and opens no sessions")
-            client_name = request.client_name[:200]
+            client_name = decode.client_name(request.client_name)
             # Counting and opening under one lock: concurrent opens cannot pass the cap.
             with self._limits.creating:
                 self._limits.check(who.name, "sessions", len(self._registry.all(who.name)))
@@ -132,9 +133,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: Context
     ) -> AsyncIterator[pb.KeepAliveResponse]:
-        interval = request.interval_seconds or min(30.0, self._config.session_ttl / 3)
-        interval = max(0.05, interval)
         try:
+            interval = decode.keepalive_interval(request.interval_seconds, self._config.session_ttl)
             who = self._who(context)
             check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             holder = self._registry.keepalive(request.session_id, principal=who.name)
@@ -302,12 +302,27 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             error = failures.internal(exc, "DownloadArtifact")
         await failures.abort(context, error, self._metrics)
 
+    async def ListInterpreters(
+        self, request: pb.ListInterpretersRequest, context: Context
+    ) -> pb.ListInterpretersResponse:
+        # Probing runs subprocesses (once per interpreter; cached after).
+        return await self._unary(context, lambda _who: encode.interpreters(discover_interpreters()))
+
     def _transfers_for(self) -> Transfers:
         if self._service.draining:
             raise errors.Unavailable("the daemon is shutting down and takes no transfers")
         if self._transfers is None:
             raise errors.Unavailable("this daemon keeps no blob cache: uploads are off")
         return self._transfers
+
+    @property
+    def address(self) -> str:
+        """The address status reports; the daemon sets it once the port is bound."""
+        return self.status_source.address
+
+    @address.setter
+    def address(self, value: str) -> None:
+        self.status_source = dataclasses.replace(self.status_source, address=value)
 
     def _who(self, context: Context) -> Principal:
         return self._auth.principal(context)

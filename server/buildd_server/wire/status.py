@@ -43,6 +43,7 @@ class StatusSource:
             else registry.all(scope)
         )
         entries = self.pool.snapshot()
+        creating = self.pool.creating()
         response = pb.StatusResponse(
             daemon=pb.DaemonInfo(
                 pid=os.getpid(),
@@ -93,4 +94,14 @@ class StatusSource:
                     last_used_at=env.last_used_at,
                     sources=self.service.sources_of(session.id, env),
                 )
+            for owner, key in creating:
+                if owner == session.id:
+                    # Not an instance yet: no id, no path, only what it is made for.
+                    status.environments.add(
+                        key_id=key.id,
+                        interpreter=key.interpreter[0],
+                        python_version=key.interpreter[2],
+                        requirements=list(key.requirements),
+                        state=pb.ENVIRONMENT_STATE_CREATING,
+                    )
         return response

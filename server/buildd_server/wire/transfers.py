@@ -145,16 +145,21 @@ class Transfers:
             with session.lock:
                 record = session.artifacts.get(request.path)
             if record is None:
-                raise errors.SourceNotFound(
+                raise errors.ArtifactNotFound(
                     f"path: {show(request.path, 300)} is not an artifact built in this session",
                     path=request.path[:300],
+                    field="path",
                 )
             size, sha256 = record
             handle = await self._blocking(_open_artifact, request.path, size)
             try:
                 yield pb.DownloadArtifactResponse(
                     header=pb.ArtifactHeader(
-                        filename=os.path.basename(request.path), size=size, sha256=sha256
+                        filename=os.path.basename(request.path),
+                        size=size,
+                        sha256=sha256,
+                        digest=f"sha256:{sha256}",
+                        size_bytes=size,
                     )
                 )
                 while chunk := await self._blocking(handle.read, CHUNK):
@@ -170,12 +175,14 @@ def _open_artifact(path: str, size: int) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise errors.SourceNotFound(
-            f"path: {path}: the artifact is gone ({exc.strerror})", path=path
+        raise errors.ArtifactNotFound(
+            f"path: {path}: the artifact is gone ({exc.strerror})", path=path, field="path"
         ) from exc
     handle = os.fdopen(fd, "rb")
     info = os.fstat(handle.fileno())
     if not stat.S_ISREG(info.st_mode) or info.st_size != size:
         handle.close()
-        raise errors.SourceNotFound(f"path: {path}: changed since the build wrote it", path=path)
+        raise errors.ArtifactNotFound(
+            f"path: {path}: changed since the build wrote it", path=path, field="path"
+        )
     return handle
