@@ -83,3 +83,6 @@ class Config:
     source_limits: SourceLimits = field(default_factory=SourceLimits)
     # Warm hook calls fork from a per-environment fork server (zygotes.py).
     fork_server: bool = True
+    # How hook calls and installs are contained (containment.py):
+    # auto, pid, sandbox or none.
+    containment: str = "auto"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import errors, zygotes
+from . import containment, errors, zygotes
 from .events import Emit, Phase
 from .installers import Installer, base_environment
 from .processes import TAIL_LINES, mentions_enospc, run_process
@@ -232,7 +232,13 @@ class EnvironmentFactory:
         label = f"{self.installer.name} installing {listed} into {path}"
         try:
             result = run_process(
-                argv, env=environ, label=label, hook="install", emit=emit, cancel=cancel
+                argv,
+                env=environ,
+                confine=containment.Confinement(environment=path, install=True),
+                label=label,
+                hook="install",
+                emit=emit,
+                cancel=cancel,
             )
         except OSError as exc:
             if _is_enospc(exc):
@@ -268,6 +274,7 @@ class EnvironmentFactory:
         result = run_process(
             argv,
             env=base_environment(),
+            confine=containment.Confinement(environment=path, install=True),
             label=f"compiling {site_packages}",
             hook="install",
             emit=emit,

@@ -1,11 +1,13 @@
 """Running one child process tree to completion, watched.
 
 ``run_process`` is the one place where the daemon starts a plain child: its
-own process group (so the whole tree can be killed), stdin closed, stdout and
-stderr read line by line as they come, bounded memory whatever the child
-writes, timeout and cancel enforced. ``supervise`` is that watching part on
-its own, for a child someone else started (the fork server's, see zygotes.py):
-anything that offers a ``Child`` gets the same streaming, bounds and kills.
+own process group (so the whole tree can be killed), contained as the
+request's principal requires (containment.py: a PID namespace, or a
+sandbox), stdin closed, stdout and stderr read line by line as they come,
+bounded memory whatever the child writes, timeout and cancel enforced.
+``supervise`` is that watching part on its own, for a child someone else
+started (the fork server's, see zygotes.py): anything that offers a ``Child``
+gets the same streaming, bounds and kills.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Literal, Protocol
 
-from . import errors
+from . import containment, errors
 from .events import Emit, Log
 
 if TYPE_CHECKING:
@@ -65,11 +67,15 @@ class Child(Protocol):
     def reap(self) -> int:
         """Release the pid and return the exit code (negative: killed by that signal)."""
 
+    def kill(self) -> None:
+        """SIGKILL the child's whole tree; harmless once it has exited (until ``reap``)."""
+
 
 def run_process(
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
+    confine: containment.Confinement,
     label: str,
     hook: str,
     emit: Emit,
@@ -81,20 +87,23 @@ def run_process(
     """Run ``argv`` to completion and return its exit code and last lines.
 
     ``label`` names the process in error messages, ``hook`` tags its Log
-    events. Raises errors.Timeout / errors.Cancelled after killing the
-    process group; OSError when the process cannot be started.
+    events, ``confine`` says which of the request's folders it needs (used
+    when the request's principal is sandboxed). Raises errors.Timeout /
+    errors.Cancelled after killing the process group; OSError when the
+    process cannot be started.
     """
+    command, environ, wrapped = containment.command(argv, env, cwd, confine)
     proc = subprocess.Popen(
-        list(argv),
+        command,
         cwd=cwd,
-        env=dict(env),
+        env=environ,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
     return supervise(
-        _Popened(proc),
+        _Popened(proc, wrapped),
         label=label,
         hook=hook,
         emit=emit,
@@ -162,7 +171,7 @@ def supervise(
         # Always: on timeout or cancel this stops the work; after a normal exit
         # it removes what the child left running (daemons, sleep loops), which
         # would otherwise outlive the call and keep the pipes open.
-        kill_group(child.pid)
+        child.kill()
         exited.wait()
         try:
             returncode = child.reap()
@@ -203,9 +212,10 @@ def kill_group(pgid: int) -> None:
 class _Popened:
     """A subprocess.Popen child seen as a ``Child``."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], wrapped: bool = False) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         self._proc = proc
+        self._wrapped = wrapped
         self.pid = proc.pid
         self.stdout: IO[bytes] = proc.stdout
         self.stderr: IO[bytes] = proc.stderr
@@ -222,7 +232,11 @@ class _Popened:
             pass
 
     def reap(self) -> int:
-        return self._proc.wait()
+        return containment.exit_status(self._proc.wait(), self._wrapped)
+
+    def kill(self) -> None:
+        # bubblewrap, when wrapped, leads the group; its sandbox dies with it.
+        kill_group(self.pid)
 
 
 def _tick(deadline: float | None) -> float:

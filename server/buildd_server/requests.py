@@ -32,6 +32,9 @@ class Request:
     deadline: float | None = None
     # The caller's principal: the session must be theirs. None: not checked.
     principal: str | None = None
+    # Whether that principal is remote: its hooks and installs are then
+    # contained as containment.py's policy says for remote principals.
+    remote: bool = False
 
 
 @dataclass

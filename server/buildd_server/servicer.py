@@ -9,6 +9,7 @@ running hook's process group.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -23,7 +24,7 @@ from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
 
-from . import errors
+from . import containment, errors
 from .auth import Authenticator, Principal
 from .blobs import parse_digest
 from .events import Event, Log, Phase
@@ -335,6 +336,10 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 max_envs=self._config.max_envs,
                 max_envs_per_key=self._config.max_envs_per_key,
                 draining=self._service.draining,
+                local_containment=_CONTAINMENT[containment.POLICY.local],
+                remote_containment=_CONTAINMENT[containment.POLICY.remote],
+                containment_setting=containment.POLICY.choice,
+                containment_notes=list(containment.POLICY.notes),
             ),
             principal=who.name,
             admin=who.admin,
@@ -436,6 +441,8 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         try:
             who = self._who(context)
             request = _decode(wire, None if remaining is None else started + remaining, who.name)
+            # What the request starts is contained as its principal's kind requires.
+            request = dataclasses.replace(request, remote=who.remote)
             # A remote principal names daemon paths only under --allow-path.
             for field, path in (("context.source.path", wire.source.path), *paths):
                 self._auth.check_path(who, path, field)
@@ -494,6 +501,13 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             self._count_error(error.status)
             yield pb.Event(failure=_failure(error))
             context.abort(error.status, error.message)
+
+
+_CONTAINMENT = {
+    "none": pb.CONTAINMENT_NONE,
+    "pid": pb.CONTAINMENT_PID,
+    "sandbox": pb.CONTAINMENT_SANDBOX,
+}
 
 
 def _decode(wire: pb.BuildContext, deadline: float | None, principal: str) -> Request:

@@ -209,6 +209,12 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     outside the daemon's --allow-path roots, or a non-admin calling Shutdown.
     PERMISSION_DENIED.
     """
+    FAILURE_KIND_BLOB_CORRUPT: _FailureKind.ValueType  # 21
+    """An uploaded archive in the daemon's cache no longer matches its digest
+    when it is about to be unpacked (changed on disk since the upload). The
+    daemon has evicted it; uploading it again fixes this. DATA_LOSS;
+    Failure.path is the digest.
+    """
 
 class FailureKind(_FailureKind, metaclass=_FailureKindEnumTypeWrapper):
     """Why a request failed; the RPC's status code is `status_code`."""
@@ -257,7 +263,53 @@ FAILURE_KIND_PERMISSION_DENIED: FailureKind.ValueType  # 16
 outside the daemon's --allow-path roots, or a non-admin calling Shutdown.
 PERMISSION_DENIED.
 """
+FAILURE_KIND_BLOB_CORRUPT: FailureKind.ValueType  # 21
+"""An uploaded archive in the daemon's cache no longer matches its digest
+when it is about to be unpacked (changed on disk since the upload). The
+daemon has evicted it; uploading it again fixes this. DATA_LOSS;
+Failure.path is the digest.
+"""
 Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
+
+class _Containment:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContainmentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Containment.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTAINMENT_UNSPECIFIED: _Containment.ValueType  # 0
+    CONTAINMENT_NONE: _Containment.ValueType  # 1
+    """A process group of its own; what leaves the group (setsid) can outlive
+    the call, and the call sees what the daemon's user sees.
+    """
+    CONTAINMENT_PID: _Containment.ValueType  # 2
+    """A PID namespace per call: when the call ends, for whatever reason,
+    every process it started is gone. The file system as the daemon sees it.
+    """
+    CONTAINMENT_SANDBOX: _Containment.ValueType  # 3
+    """A PID namespace plus a bubblewrap sandbox: the system read-only, a
+    private /tmp and /proc, the state folder hidden; writable only the
+    call's source copy, its output folder and (installs only) its environment.
+    """
+
+class Containment(_Containment, metaclass=_ContainmentEnumTypeWrapper):
+    """How far a hook call (or an install) can reach beyond its own request."""
+
+CONTAINMENT_UNSPECIFIED: Containment.ValueType  # 0
+CONTAINMENT_NONE: Containment.ValueType  # 1
+"""A process group of its own; what leaves the group (setsid) can outlive
+the call, and the call sees what the daemon's user sees.
+"""
+CONTAINMENT_PID: Containment.ValueType  # 2
+"""A PID namespace per call: when the call ends, for whatever reason,
+every process it started is gone. The file system as the daemon sees it.
+"""
+CONTAINMENT_SANDBOX: Containment.ValueType  # 3
+"""A PID namespace plus a bubblewrap sandbox: the system read-only, a
+private /tmp and /proc, the state folder hidden; writable only the
+call's source copy, its output folder and (installs only) its environment.
+"""
+Global___Containment: _TypeAlias = Containment  # noqa: Y015
 
 class _EnvironmentState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1102,6 +1154,10 @@ class DaemonInfo(_message.Message):
     MAX_ENVS_FIELD_NUMBER: _builtins.int
     MAX_ENVS_PER_KEY_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    LOCAL_CONTAINMENT_FIELD_NUMBER: _builtins.int
+    REMOTE_CONTAINMENT_FIELD_NUMBER: _builtins.int
+    CONTAINMENT_SETTING_FIELD_NUMBER: _builtins.int
+    CONTAINMENT_NOTES_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     version: _builtins.str
     """buildd's version."""
@@ -1118,6 +1174,25 @@ class DaemonInfo(_message.Message):
     max_envs_per_key: _builtins.int
     draining: _builtins.bool
     """True once a drain (SIGTERM) has begun."""
+    local_containment: Global___Containment.ValueType
+    """How the hook calls and installs of local principals (the Unix socket,
+    the daemon's own loopback token) are contained.
+    """
+    remote_containment: Global___Containment.ValueType
+    """How those of remote principals (token holders, non-loopback callers)
+    are contained.
+    """
+    containment_setting: _builtins.str
+    """The --containment setting the daemon was started with: "auto", "pid",
+    "sandbox" or "none".
+    """
+    @_builtins.property
+    def containment_notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the daemon could not do and what that means (e.g. "remote
+        principals are not sandboxed (bwrap failed: ...): their hooks can read
+        and write whatever the daemon's user can"); empty when nothing is missing.
+        """
+
     def __init__(
         self,
         *,
@@ -1130,10 +1205,14 @@ class DaemonInfo(_message.Message):
         max_envs: _builtins.int = ...,
         max_envs_per_key: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        local_containment: Global___Containment.ValueType = ...,
+        remote_containment: Global___Containment.ValueType = ...,
+        containment_setting: _builtins.str = ...,
+        containment_notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "containment_notes", b"containment_notes", "containment_setting", b"containment_setting", "draining", b"draining", "installer", b"installer", "local_containment", b"local_containment", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "pid", b"pid", "remote_containment", b"remote_containment", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
