@@ -127,18 +127,23 @@ def max_mode(policy: Policy) -> Mode:
 
 
 def command(
-    argv: Sequence[str], environ: Mapping[str, str], cwd: str | None, confine: Confinement
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    cwd: str | None,
+    confine: Confinement,
+    info_fd: int | None = None,
 ) -> tuple[list[str], dict[str, str], bool]:
     """``argv`` and its environment as the current mode starts them; True when wrapped.
 
     A wrapped process reports a signal the way bubblewrap does, as exit
-    status 128 + N: see ``exit_status``.
+    status 128 + N: see ``exit_status``. With ``info_fd``, bubblewrap writes
+    the pid of the namespace's first process there (``sandbox._info``).
     """
     mode = current_mode()
     if mode == "none":
         return list(argv), dict(environ), False
     if mode == "pid":
-        return [*sandbox.pid_prefix(POLICY.bwrap, cwd), *argv], dict(environ), True
+        return [*sandbox.pid_prefix(POLICY.bwrap, cwd, info_fd), *argv], dict(environ), True
     layout = sandbox.Layout(
         state_dir=POLICY.state_dir,
         hidden_files=POLICY.hidden_files,
@@ -154,7 +159,7 @@ def command(
             *(POLICY.install_readable if confine.install else ()),
         ),
     )
-    prefix = sandbox.sandbox_prefix(POLICY.bwrap, layout, cwd)
+    prefix = sandbox.sandbox_prefix(POLICY.bwrap, layout, cwd, info_fd)
     return [*prefix, *argv], sandbox.sandbox_environment(environ), True
 
 

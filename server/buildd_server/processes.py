@@ -13,7 +13,9 @@ gets the same streaming, bounds and kills.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -37,6 +39,9 @@ _TICK = 0.1
 # After the group is killed, how long to wait for the pipes to close: only a
 # process that left the group (setsid) can hold them open past that.
 _PIPE_GRACE = 5.0
+# How long, at most, a PID namespace's end may trail its bubblewrap's
+# (microseconds in practice: the kernel kills what is left at once).
+_NAMESPACE_GRACE = 10
 
 
 @dataclass(frozen=True)
@@ -92,18 +97,30 @@ def run_process(
     errors.Cancelled after killing the process group; OSError when the
     process cannot be started.
     """
-    command, environ, wrapped = containment.command(argv, env, cwd, confine)
-    proc = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=environ,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    info_r, info_w = os.pipe() if containment.current_mode() != "none" else (-1, -1)
+    try:
+        command, environ, wrapped = containment.command(
+            argv, env, cwd, confine, info_w if info_w >= 0 else None
+        )
+        proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=(info_w,) if info_w >= 0 else (),
+        )
+    except BaseException:
+        for fd in (info_r, info_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    if info_w >= 0:
+        os.close(info_w)
     return supervise(
-        _Popened(proc, wrapped),
+        _Popened(proc, wrapped, _namespace_pidfd(info_r) if info_r >= 0 else None),
         label=label,
         hook=hook,
         emit=emit,
@@ -212,10 +229,14 @@ def kill_group(pgid: int) -> None:
 class _Popened:
     """A subprocess.Popen child seen as a ``Child``."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], wrapped: bool = False) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], wrapped: bool = False, namespace: int | None = None
+    ) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         self._proc = proc
         self._wrapped = wrapped
+        # A pidfd of the PID namespace's first process (under bubblewrap).
+        self._namespace = namespace
         self.pid = proc.pid
         self.stdout: IO[bytes] = proc.stdout
         self.stderr: IO[bytes] = proc.stderr
@@ -230,6 +251,14 @@ class _Popened:
                 self._proc.wait()
         except ChildProcessError:
             pass
+        if self._namespace is not None:
+            # bubblewrap can end before its namespace is empty: the call ends
+            # when the namespace's first process (and so everything) is gone.
+            poller = select.poll()
+            poller.register(self._namespace, select.POLLIN)
+            poller.poll(_NAMESPACE_GRACE * 1000)
+            os.close(self._namespace)
+            self._namespace = None
 
     def reap(self) -> int:
         return containment.exit_status(self._proc.wait(), self._wrapped)
@@ -237,6 +266,37 @@ class _Popened:
     def kill(self) -> None:
         # bubblewrap, when wrapped, leads the group; its sandbox dies with it.
         kill_group(self.pid)
+
+
+def _namespace_pidfd(info: int) -> int | None:
+    """A pidfd of the namespace's first process, from bubblewrap's --info-fd JSON."""
+    # bubblewrap writes it before it starts the command (its namespace's
+    # first process keeps the pipe open, so no end of file comes); one that
+    # fails closes the pipe with nothing written.
+    data = b""
+    poller = select.poll()
+    poller.register(info, select.POLLIN)
+    deadline = time.monotonic() + _NAMESPACE_GRACE
+    try:
+        while time.monotonic() < deadline:
+            if not poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                break
+            chunk = os.read(info, 4096)
+            if not chunk:
+                break
+            data += chunk
+            try:
+                pid = int(json.loads(data)["child-pid"])
+            except ValueError:
+                continue  # not all of it yet
+            except (KeyError, TypeError):
+                return None
+            return os.pidfd_open(pid)
+    except OSError:
+        return None
+    finally:
+        os.close(info)
+    return None
 
 
 def _tick(deadline: float | None) -> float:

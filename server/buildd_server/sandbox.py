@@ -10,7 +10,8 @@ options in order, so the sandbox is built in layers:
    read-only;
 3. an empty tmpfs over the state folder (blobs, other sessions, the store,
    the daemon's lock and pid file: all gone from view);
-4. the call's own folders inside the state folder, put back;
+4. the call's own folders inside the state folder, put back, and the tmpfs
+   made read-only around them;
 5. ``/dev/null`` over each secret file (token file, TLS key, the socket).
 
 ``--die-with-parent`` kills the sandbox when the thread that started it
@@ -39,7 +40,7 @@ class Layout:
     readable: tuple[Path, ...] = ()
 
 
-def pid_prefix(bwrap: str, cwd: str | None) -> list[str]:
+def pid_prefix(bwrap: str, cwd: str | None, info_fd: int | None = None) -> list[str]:
     """The file system as it is, in a PID namespace that dies with its first process.
 
     Privileges stay what they were (bubblewrap drops a root caller's
@@ -48,6 +49,7 @@ def pid_prefix(bwrap: str, cwd: str | None) -> list[str]:
     args = [bwrap, "--dev-bind", "/", "/", "--unshare-pid", "--die-with-parent"]
     if os.geteuid() == 0:
         args += ["--cap-add", "ALL"]
+    args += _info(info_fd)
     if cwd:
         args += ["--chdir", cwd]
     return [*args, "--"]
@@ -72,7 +74,9 @@ def zygote_prefix(bwrap: str) -> tuple[str, ...]:
     )
 
 
-def sandbox_prefix(bwrap: str, layout: Layout, cwd: str | None) -> list[str]:
+def sandbox_prefix(
+    bwrap: str, layout: Layout, cwd: str | None, info_fd: int | None = None
+) -> list[str]:
     """The bubblewrap arguments (up to ``--``) for one sandboxed process."""
     args = [
         bwrap,
@@ -106,13 +110,24 @@ def sandbox_prefix(bwrap: str, layout: Layout, cwd: str | None) -> list[str]:
         args += ["--tmpfs", str(state)]
     for path, flag in inside:
         args += [flag, str(path), str(path)]
+    if state is not None:
+        # Read-only once the call's own folders are bound in: nothing can be
+        # left there for a later reader to mistake for the daemon's.
+        args += ["--remount-ro", str(state)]
     for secret in layout.hidden_files:
         if state is not None and _under(secret, state):
             continue
         args += ["--ro-bind", os.devnull, str(secret)]
+    args += _info(info_fd)
     if cwd:
         args += ["--chdir", cwd]
     return [*args, "--"]
+
+
+def _info(fd: int | None) -> list[str]:
+    # bubblewrap writes {"child-pid": N, ...} there: N is the namespace's first
+    # process, whose end (after every other process in it) ends the call.
+    return [] if fd is None else ["--info-fd", str(fd)]
 
 
 def sandbox_environment(environ: Mapping[str, str]) -> dict[str, str]:
