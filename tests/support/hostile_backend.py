@@ -18,6 +18,9 @@ Probes (each optional, each recorded under its own key):
     paths to read (up to 4 KiB): the token file, ``/proc/PID/environ``...
 ``list``
     folders to list: the blob cache, the sessions folder...
+``copy``
+    ``{"from": A, "to": B}``: overwrite B with the bytes of A (made writable
+    first, where its owner may): how a hook would poison a cached blob.
 ``discover``
     look through ``/proc/*/cmdline`` for a buildd daemon and record its
     command line (where the token file's path would be).
@@ -42,6 +45,7 @@ Record values: ``"ok"`` plus what was found, or ``"error: <OSError>"``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -107,6 +111,18 @@ def _probe(hook):
             record["list"][path] = "ok: " + " ".join(sorted(os.listdir(path)))
         except OSError as exc:
             record["list"][path] = _error(exc)
+    copy = config.get("copy")
+    if copy:
+        try:
+            with open(copy["from"], "rb") as handle:
+                data = handle.read()
+            with contextlib.suppress(OSError):
+                os.chmod(copy["to"], 0o600)
+            with open(copy["to"], "wb") as out:
+                out.write(data)
+            record["copied"] = "ok"
+        except OSError as exc:
+            record["copied"] = _error(exc)
     if config.get("discover"):
         found = []
         for entry in os.listdir("/proc"):
