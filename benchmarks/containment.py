@@ -114,9 +114,8 @@ def main() -> int:
         low, mid = min(values), statistics.median(values)
         extra_low = (low - min(base)) * 1000
         extra_mid = (mid - statistics.median(base)) * 1000
-        print(
-            f"  {name:<14} {low * 1000:8.1f} {mid * 1000:8.1f}   {extra_low:+11.1f} {extra_mid:+9.1f}"
-        )
+        figures = f"{low * 1000:8.1f} {mid * 1000:8.1f}   {extra_low:+11.1f} {extra_mid:+9.1f}"
+        print(f"  {name:<14} {figures}")
     if args.json:
         args.json.write_text(json.dumps(samples, indent=1))
     return 0
