@@ -16,6 +16,7 @@ for setuptools: ``BUILDD_TEST_WHEELHOUSE`` is used when set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -36,6 +37,7 @@ from buildd_server.hooks import Hooks  # noqa: E402
 from buildd_server.installers import select_installer  # noqa: E402
 from buildd_server.interpreters import resolve_interpreter  # noqa: E402
 from buildd_server.keys import make_key  # noqa: E402
+from buildd_server.processes import run_process  # noqa: E402
 from buildd_server.sources import load_project  # noqa: E402
 from support.projects import setuptools_project  # noqa: E402
 
@@ -92,6 +94,24 @@ def main() -> int:
             hooks.get_requires("wheel", {})
             return time.perf_counter() - started
 
+    def start_only(mode: containment.Mode) -> float:
+        """One ``true``: what the mode adds to starting any process."""
+        containment.configure(dataclasses.replace(policy, local=mode, remote=mode))
+        confine = containment.Confinement(environment=envs[mode].path)
+        with containment.caller(remote=False):
+            started = time.perf_counter()
+            run_process(
+                ["/bin/true"],
+                env=dict(os.environ),
+                confine=confine,
+                label="true",
+                hook="true",
+                emit=lambda e: None,
+                cancel=threading.Event(),
+                cwd=str(project.root),
+            )
+            return time.perf_counter() - started
+
     variants = [(m, f) for m in MODES for f in (False, True) if not (m == "sandbox" and f)]
     for mode, forked in variants:  # warm-up: starts the fork server of each mode
         for _ in range(3):
@@ -104,9 +124,14 @@ def main() -> int:
         for mode, forked in variants:
             name = f"{mode}/{'fork' if forked else 'plain'}"
             samples.setdefault(name, []).append(call(mode, forked))
+        for mode in MODES:
+            samples.setdefault(f"{mode}/true", []).append(start_only(mode))
     for env in envs.values():
         factory.destroy(env)
-    print(f"get_requires_for_build_wheel, setuptools, {args.calls} calls each (ms)")
+    print(
+        f"get_requires_for_build_wheel of setuptools (plain, fork) and /bin/true (true), "
+        f"{args.calls} calls each (ms)"
+    )
     print(f"  {'variant':<14} {'min':>8} {'median':>8}   {'extra (min)':>11} {'(median)':>9}")
     for name, values in samples.items():
         path = name.split("/")[1]

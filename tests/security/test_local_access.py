@@ -60,9 +60,10 @@ def attempt(name, call):
         outcome[name] = exc.code().name
 
 attempt("GetStatus", lambda: stub.GetStatus(pb.GetStatusRequest(), timeout=30))
-attempt("OpenSession", lambda: stub.OpenSession(pb.OpenSessionRequest(), timeout=30))
-session = outcome["OpenSession"]
-context = pb.BuildContext(source=pb.Source(path=source))
+opened = []
+attempt("OpenSession", lambda: opened.append(stub.OpenSession(pb.OpenSessionRequest(), timeout=30)))
+session_id = opened[0].session_id if opened else ""
+context = pb.BuildContext(session_id=session_id, source=pb.Source(path=source))
 attempt("PrepareMetadata", lambda: stub.PrepareMetadata(
     pb.PrepareMetadataRequest(context=context), timeout=60))
 attempt("Shutdown", lambda: stub.Shutdown(pb.ShutdownRequest(), timeout=30))
@@ -140,7 +141,9 @@ def test_a_loopback_call_without_the_token_is_refused(make_daemon: MakeDaemon) -
 
 
 def _refused(process: DaemonProcess) -> str:
-    done = subprocess.run(process.command(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        process.command(), capture_output=True, text=True, timeout=60, env=process.environment()
+    )
     assert done.returncode == 2, done.stderr
     return done.stderr
 

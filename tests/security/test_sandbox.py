@@ -13,6 +13,7 @@ token it found is replayed against the daemon.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +43,18 @@ def _bystander(farm: RemoteDaemon, tmp_path: Path) -> tuple[Client, Any, Path, P
     return client, session, blob, unpacked
 
 
+# Unique per run: what an earlier (failing) run left must not pass for this one's.
+MARK = uuid.uuid4().hex[:12]
+SYSTEM_FILE = Path(f"/usr/hostile-was-here-{MARK}")
+TMP_MARKER = f"buildd-hostile-tmp-{MARK}"
+
+
 def _probes(farm: RemoteDaemon, blob: Path, victim: Path, token_file: Path) -> dict[str, Any]:
     state = farm.state_dir
     assert farm.process is not None
     daemon = farm.process.pid
     return {
-        "write": [str(blob), str(victim), str(state / "daemon.pid"), "/usr/hostile-was-here"],
+        "write": [str(blob), str(victim), str(state / "daemon.pid"), str(SYSTEM_FILE)],
         "write_env": True,
         "write_source": True,
         "read": [
@@ -59,7 +66,7 @@ def _probes(farm: RemoteDaemon, blob: Path, victim: Path, token_file: Path) -> d
         ],
         "list": [str(state / "blobs"), str(state / "sessions"), str(state)],
         "discover": True,
-        "tmp_marker": "buildd-hostile-tmp-marker",
+        "tmp_marker": TMP_MARKER,
     }
 
 
@@ -112,8 +119,8 @@ def test_a_hostile_upload_reaches_nothing_outside_its_request(
     assert hashlib.sha256(blob_bytes).hexdigest() == blob.name
     assert victim.read_bytes() == victim_bytes
     assert (farm.state_dir / "daemon.pid").read_bytes() == pid_file
-    assert not Path("/usr/hostile-was-here").exists()
-    assert not Path("/tmp/buildd-hostile-tmp-marker").exists()
+    assert not SYSTEM_FILE.exists()
+    assert not (Path("/tmp") / TMP_MARKER).exists()
     # Nothing it read works as a token (it read nothing; had it, this would say).
     assert _replay(farm, {**first[0]["read"], **second[0]["read"]}) == []
     # bob's next request is untouched.

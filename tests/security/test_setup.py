@@ -25,9 +25,9 @@ NO_BWRAP = {**os.environ, "PATH": "/nonexistent"}
 
 def test_without_bubblewrap_a_sandbox_is_refused_naming_it(wheelhouse: Path) -> None:
     root = short_tempdir()
-    process = DaemonProcess(wheelhouse, root=root, args=["--containment", "sandbox"])
+    process = DaemonProcess(wheelhouse, root=root, args=["--containment", "sandbox"], env=NO_BWRAP)
     done = subprocess.run(
-        process.command(), capture_output=True, text=True, timeout=60, env=NO_BWRAP
+        process.command(), capture_output=True, text=True, timeout=60, env=process.environment()
     )
     process.cleanup()
     assert done.returncode == 2

@@ -103,12 +103,13 @@ def _probe(hook):
         try:
             with open(path, "rb") as handle:
                 data = handle.read(4096)
-            record["read"][path] = "ok: " + data.decode("utf-8", "replace")
+            # Kept short: the record must fit in one log line (8 KiB).
+            record["read"][path] = "ok: " + data.decode("utf-8", "replace")[:1000]
         except OSError as exc:
             record["read"][path] = _error(exc)
     for path in config.get("list", []):
         try:
-            record["list"][path] = "ok: " + " ".join(sorted(os.listdir(path)))
+            record["list"][path] = "ok: " + " ".join(sorted(os.listdir(path)))[:1000]
         except OSError as exc:
             record["list"][path] = _error(exc)
     copy = config.get("copy")
@@ -134,7 +135,7 @@ def _probe(hook):
             except OSError:
                 continue
             if "buildd_server" in command:
-                found.append(command)
+                found.append(command[:1000])
         record["discover"] = found
     marker = config.get("tmp_marker")
     if marker:
