@@ -9,6 +9,7 @@ hook or a person changed it (rule 5).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import containment, errors, zygotes
-from .events import Emit, Phase
+from .events import Emit, Event, Log, LogSource, Phase
 from .installers import Installer, base_environment
 from .processes import TAIL_LINES, mentions_enospc, run_process
 
@@ -53,6 +54,13 @@ class Environment:
     hook_calls: int = 0
     # Whether warm hook calls may fork from a fork server (zygotes.py).
     fork_server: bool = False
+    # Set once destroyed: what it answered is no longer reused (hookcache.py).
+    retired: bool = False
+
+    @property
+    def generation(self) -> tuple[str, str, str]:
+        """What must stay the same for this instance's hook answers to hold."""
+        return (self.id, self.key.id, self.fingerprint)
 
 
 class EnvironmentFactory:
@@ -94,7 +102,9 @@ class EnvironmentFactory:
         env_id = secrets.token_hex(6)
         path = owner_dir / env_id
         started = time.monotonic()
-        phase = Phase("creating_environment", key_id=key.id, environment_path=str(path))
+        phase = Phase(
+            "creating_environment", key_id=key.id, environment_path=str(path), step="start"
+        )
         emit(phase)
         try:
             _check_cancel(cancel, f"creating environment {path}")
@@ -175,6 +185,7 @@ class EnvironmentFactory:
 
     def destroy(self, env: Environment) -> None:
         # First the process that runs from the folder, then the folder.
+        env.retired = True
         zygotes.stop(env.id, "destroyed")
         shutil.rmtree(env.path, ignore_errors=True)
 
@@ -226,6 +237,7 @@ class EnvironmentFactory:
             count=len(requirements),
             key_id=key_id,
             environment_path=str(path),
+            step="start",
         )
         emit(phase)
         argv, environ = self.installer.command(python, requirements, self.options)
@@ -237,7 +249,7 @@ class EnvironmentFactory:
                 confine=containment.Confinement(environment=path, install=True),
                 label=label,
                 hook="install",
-                emit=emit,
+                emit=_from_source(emit, "installer"),
                 cancel=cancel,
             )
         except OSError as exc:
@@ -277,7 +289,7 @@ class EnvironmentFactory:
             confine=containment.Confinement(environment=path, install=True),
             label=f"compiling {site_packages}",
             hook="install",
-            emit=emit,
+            emit=_from_source(emit, "compiler"),
             cancel=cancel,
         )
         if result.returncode != 0 and any(mentions_enospc(x) for x in result.last_lines):
@@ -341,7 +353,17 @@ def _ended(phase: Phase, started: float) -> Phase:
         environment_path=phase.environment_path,
         count=phase.count,
         step_seconds=max(time.monotonic() - started, 1e-6),
+        step="end",
     )
+
+
+def _from_source(emit: Emit, source: LogSource) -> Emit:
+    """``emit`` with every Log event marked as written by ``source``."""
+
+    def tagged(event: Event) -> None:
+        emit(dataclasses.replace(event, source=source) if isinstance(event, Log) else event)
+
+    return tagged
 
 
 def _check_cancel(cancel: threading.Event, what: str) -> None:

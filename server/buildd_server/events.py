@@ -19,12 +19,21 @@ PhaseName = Literal[
     "running_hook",
     "hook_finished",
     "artifact_written",
+    "cache_hit",
 ]
+
+
+# Whether a phase opens a step that takes time, closes it, or stands alone.
+PhaseStep = Literal["start", "end", "instant"]
+# How a hook call ended ("" on every phase but hook_finished).
+HookOutcome = Literal["", "ok", "failed", "timed_out", "cancelled"]
+# Which process wrote a log line.
+LogSource = Literal["hook", "installer", "compiler"]
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A step of a request started (``step_seconds == 0``) or ended."""
+    """A step of a request started (``step="start"``), ended, or a moment (``"instant"``)."""
 
     name: PhaseName
     detail: str = ""
@@ -33,6 +42,10 @@ class Phase:
     hook: str = ""
     count: int = 0
     step_seconds: float = 0.0
+    step: PhaseStep = "instant"
+    outcome: HookOutcome = ""
+    # The source fingerprint a cached answer was given for (cache_hit).
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,7 @@ class Log:
     stream: Literal["stdout", "stderr"]
     text: str
     hook: str
+    source: LogSource = "hook"
 
 
 Event = Phase | Log

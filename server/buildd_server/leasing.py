@@ -23,7 +23,7 @@ from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeo
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from .environments import Environment, EnvironmentFactory
     from .interpreters import Interpreter
@@ -82,10 +82,10 @@ class Leaser:
             ctx.emit(Phase("waiting_for_environment", key_id=ctx.key.id))
 
         env = ctx.state.environment
-        if env is not None and not _still_fits(env, ctx.key):
+        if env is not None and not still_fits(env, ctx.key):
             # The project's static requirements or interpreter changed: start afresh.
             ctx.state.environment = None
-            ctx.state.prepared.clear()
+            ctx.state.forget_answers()
             env = None
         try:
             if env is not None:
@@ -100,7 +100,7 @@ class Leaser:
                 except InstanceGone:
                     log.info("affinity_lost", session=owner[:8], env=env.id)
                     ctx.state.environment = None
-                    ctx.state.prepared.clear()
+                    ctx.state.forget_answers()
             envs_dir = ctx.session.directory / "envs"
 
             def create() -> Environment:
@@ -134,7 +134,10 @@ class Leaser:
                 "the request was cancelled while waiting for an environment"
             ) from exc
         except OwnerGone as exc:
-            raise errors.SessionNotFound(f"session {owner[:8]}… ended while waiting") from exc
+            raise errors.SessionEnded(
+                f"session {owner[:8]}… ended while waiting",
+                metadata={"session_id": owner, "end_reason": ctx.session.end_reason or ""},
+            ) from exc
 
 
 class RequestContext:
@@ -160,6 +163,10 @@ class RequestContext:
         self.interpreter = interpreter
         self.key = key
         self.cancel = cancel
+        # The source fingerprint when the request began, and the answers to
+        # store if it is the same when the request ends (hookcache.py).
+        self.fingerprint: str | None = None
+        self.on_unchanged: list[Callable[[], None]] = []
         self._emit = emit
         self._hook_started = 0.0
 
@@ -216,14 +223,14 @@ class RequestContext:
         finally:
             if discard:
                 self.state.environment = None
-                self.state.prepared.clear()
+                self.state.forget_answers()
             else:
                 self.state.environment = env
             env.last_used_at = time.time()
             lease.release(discard=discard)
 
 
-def _still_fits(env: Environment, key: EnvKey) -> bool:
+def still_fits(env: Environment, key: EnvKey) -> bool:
     return (
         env.key.interpreter == key.interpreter
         and env.key.installer == key.installer
