@@ -263,6 +263,27 @@ class Authenticator:
             path=path,
         )
 
+    def check_interpreter(self, who: Principal, spec: str) -> None:
+        """Refuse a remote principal an interpreter path the daemon did not find itself.
+
+        An interpreter runs outside every sandbox (the daemon probes it and
+        virtualenv runs it to make the environment), so a remote principal may
+        name only one of the daemon's own (``ListInterpreters``), or a version.
+        """
+        if not who.remote or not os.path.isabs(spec):
+            return
+        from .interpreter_discovery import candidates
+
+        known = {os.path.realpath(path) for path, _ in candidates()}
+        if os.path.realpath(spec) in known:
+            return
+        raise errors.PermissionDenied(
+            f"context.python: principal {who.name!r} may not name the interpreter {spec[:200]!r}: "
+            "it is none of the daemon's interpreters (ListInterpreters); name one of those, "
+            'or a version such as "3.12"',
+            field="context.python",
+        )
+
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         return _TokenInterceptor(self)
 

@@ -13,10 +13,13 @@ token it found is replayed against the daemon.
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import pytest
 
 from buildd.v1 import buildd_pb2 as pb
@@ -165,3 +168,32 @@ def test_the_daemon_reports_its_containment(farm: RemoteDaemon) -> None:
     assert info.local_containment == pb.CONTAINMENT_PID
     assert info.containment_setting == "auto"
     assert list(info.containment_notes) == []
+
+
+def test_a_token_holder_cannot_have_its_own_program_run_as_the_interpreter(
+    farm: RemoteDaemon, tmp_path: Path
+) -> None:
+    # An interpreter runs outside the sandbox (probed, then run by virtualenv):
+    # a "python" of the upload's own, at the path its first call revealed, must
+    # never be started.
+    folder = Path(tempfile.mkdtemp(prefix="bd-fake-python-", dir="/var/tmp"))
+    marker = folder / "it-ran"
+    source = hostile_project(tmp_path / "fake", name="fake-python")
+    fake = source / "python3"
+    fake.write_text(f'#!/bin/sh\necho ran > {marker}\nexec /usr/bin/python3 "$@"\n')
+    fake.chmod(0o755)
+    try:
+        with farm.client("alice") as alice:
+            session = alice.open_session("fake-python")
+            digest = session.upload(source)
+            call = session.metadata(digest)
+            [cwd] = {record["cwd"] for record in records(call)}
+            call.result()
+            with pytest.raises(RequestFailed) as refused:
+                session.metadata(digest, python=f"{cwd}/python3").result()
+        assert refused.value.status == grpc.StatusCode.PERMISSION_DENIED
+        assert refused.value.field == "context.python"
+        assert "none of the daemon's interpreters" in refused.value.message
+        assert not marker.exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

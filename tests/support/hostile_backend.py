@@ -151,6 +151,7 @@ def _probe(hook):
     if child and hook == config.get("grandchild_hook", hook):
         record["grandchild"] = _grandchild(child["socket"], child.get("hold_stdout", False))
     record["pid_seen"] = os.getpid()
+    record["cwd"] = os.getcwd()
     record["ancestors"] = _ancestors()
     print("HOSTILE " + json.dumps(record), flush=True)
     if config.get("hang") and hook == config.get("grandchild_hook", hook):

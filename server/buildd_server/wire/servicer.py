@@ -208,6 +208,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 decode.context(wire, None, who.name), quiet=True, remote=who.remote
             )
             self._auth.check_path(who, wire.source.path, "context.source.path")
+            self._auth.check_interpreter(who, wire.python)
             with self._limits.acquire(who.name, "watches"):
                 # Opening sets up the tree's watcher (a walk of its folders): off the loop.
                 watch = await self._blocking(self._service.watches.open, req, dist, deliver)
@@ -375,6 +376,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 # A remote principal names daemon paths only under --allow-path.
                 for field, path in (("context.source.path", wire.source.path), *paths):
                     self._auth.check_path(who, path, field)
+                self._auth.check_interpreter(who, wire.python)
             except errors.BuilddError as exc:
                 yield pb.Event(failure=failures.failure(exc))
                 await failures.abort(context, exc, self._metrics, call=name)
