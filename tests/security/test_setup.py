@@ -12,7 +12,7 @@ import pytest
 from buildd.v1 import buildd_pb2 as pb
 from buildd_client import Client
 from support.daemon import DaemonProcess, short_tempdir
-from support.hostile import needs_bwrap
+from support.hostile import hostile_project, needs_bwrap, reached, records
 
 if TYPE_CHECKING:
     from .conftest import MakeDaemon
@@ -60,12 +60,19 @@ def test_without_bubblewrap_auto_says_what_it_means(make_daemon: MakeDaemon) -> 
     ],
 )
 def test_the_setting_is_what_status_reports(
-    make_daemon: MakeDaemon, setting: str, local: int, remote: int
+    make_daemon: MakeDaemon, tmp_path: Path, setting: str, local: int, remote: int
 ) -> None:
     # auto: local callers get a PID namespace per call, remote ones a sandbox.
     daemon = make_daemon(["--containment", setting])
+    source = hostile_project(tmp_path / "p", name=f"under-{setting}", write_source=True)
     with Client(daemon.address, autostart=False) as client:
         info = client.status().daemon
+        call = client.open_session("setting").metadata(str(source))
+        [record, *_] = records(call)
+        result = call.result()
     assert info.containment_setting == setting
     assert info.local_containment == local
     assert info.remote_containment == remote
+    # Whatever the mode, a hook runs, and writes its own tree.
+    assert f"Name: under-{setting}".encode() in result.metadata
+    assert reached(record, "write") == {str(source / "written-by-the-hook"): "ok"}
