@@ -103,6 +103,7 @@ def status_to_json(status: pb.StatusResponse) -> dict[str, Any]:
             "max_envs": daemon.max_envs,
             "max_envs_per_key": daemon.max_envs_per_key,
             "draining": daemon.draining,
+            "daemon_id": daemon.daemon_id,
         },
         "principal": status.principal,
         "admin": status.admin,
@@ -142,6 +143,7 @@ def status_text(status: pb.StatusResponse) -> str:
     lines = [
         f"daemon: pid {daemon.pid}, buildd {daemon.version}, installer {daemon.installer}"
         + (", draining" if daemon.draining else ""),
+        *([f"  id:      {daemon.daemon_id}"] if daemon.daemon_id else []),
         f"  address: {daemon.address}",
         f"  state:   {daemon.state_dir}",
         f"  caps:    {daemon.max_envs} environments, {daemon.max_envs_per_key} per key",

@@ -109,3 +109,5 @@ class Config:
     # How hook calls and installs are contained (containment.py):
     # auto, pid, sandbox or none.
     containment: str = "auto"
+    # This daemon's name among several behind one proxy (docs/scale-out.md).
+    daemon_id: str = ""

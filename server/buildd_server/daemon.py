@@ -131,7 +131,9 @@ class Daemon:
             destroy=destroy,
             validate=factory.validate,
         )
-        self.registry = SessionRegistry(sessions_root, self.config.session_ttl, on_end)
+        self.registry = SessionRegistry(
+            sessions_root, self.config.session_ttl, on_end, daemon_id=self.config.daemon_id
+        )
         self.metrics = Metrics()
         self.blobs = BlobStore(
             self.config.state_dir / "blobs",
@@ -181,6 +183,7 @@ class Daemon:
         log.info(
             "daemon_started",
             address=self.address.target,
+            daemon_id=self.config.daemon_id,
             pid=os.getpid(),
             state_dir=str(self.config.state_dir),
             installer=installer.name,
