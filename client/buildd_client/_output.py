@@ -50,7 +50,10 @@ class Progress:
 
     def __call__(self, event: pb.Event) -> None:
         kind = event.WhichOneof("kind")
-        if kind == "log" and self.logs:
+        if kind == "warning":
+            # Shown even with --quiet, like a failure: the project needs fixing.
+            self.stream.write(f"{PROG}: warning: {event.warning.message}\n")
+        elif kind == "log" and self.logs:
             self.stream.write(event.log.text + "\n")
         elif kind == "phase" and self.phases:
             self.stream.write(f"[{event.phase.elapsed_seconds:6.1f}s] {_phase_text(event.phase)}\n")

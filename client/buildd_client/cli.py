@@ -187,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     _add_build_options(metadata)
-    metadata.add_argument("--json", action="store_true", help="print a JSON object (PEP 566)")
+    metadata.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object, exactly as `python -m build --metadata` does",
+    )
     metadata.set_defaults(handler=_metadata)
 
     build = commands.add_parser(
@@ -336,10 +340,8 @@ def _python(args: argparse.Namespace) -> str | None:
 
 
 def _metadata(args: argparse.Namespace) -> int:
-    import json
-
     from buildd_client._uploads import packed_source, run_call
-    from buildd_client.metadata_json import metadata_to_json
+    from buildd_client.metadata_json import metadata_json
 
     with _client(args, autostart=True) as client, contextlib.ExitStack() as stack:
         session = _session(client, args)
@@ -357,8 +359,7 @@ def _metadata(args: argparse.Namespace) -> int:
             ),
         )
     if args.json:
-        text = json.dumps(metadata_to_json(result.metadata), indent=2, ensure_ascii=False)
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(metadata_json(result.metadata) + "\n")
     else:
         sys.stdout.flush()
         sys.stdout.buffer.write(result.metadata)

@@ -19,6 +19,7 @@ PhaseName = Literal[
     "running_hook",
     "hook_finished",
     "artifact_written",
+    "artifact_checked",
 ]
 
 
@@ -44,7 +45,21 @@ class Log:
     hook: str
 
 
-Event = Phase | Log
+WarningKind = Literal["near_miss", "unknown_key"]
+
+
+@dataclass(frozen=True)
+class BuildWarning:
+    """Something about the project the user likely wants to fix; the request goes on."""
+
+    kind: WarningKind
+    message: str
+    path: str = ""
+    field: str = ""
+    suggestion: str = ""
+
+
+Event = Phase | Log | BuildWarning
 Emit = Callable[[Event], None]
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from . import errors
-from .events import Emit, Log, Phase
+from .events import Emit, Event, Phase
 from .hooks import Hooks
 from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
 
@@ -163,7 +163,7 @@ class RequestContext:
         self._emit = emit
         self._hook_started = 0.0
 
-    def emit(self, event: Phase | Log) -> None:
+    def emit(self, event: Event) -> None:
         """Pass an event on, counting finished hooks for the metrics on the way."""
         if isinstance(event, Phase):
             if event.name == "running_hook":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import structlog
 
-from . import errors
+from . import checks, errors
 from .artifacts import publish
 from .blobs import BlobStore, is_digest, unpack_upload
 from .events import Emit, Phase
@@ -298,6 +298,8 @@ class BuildService:
             origin=origin,
         )
         structlog.contextvars.bind_contextvars(key=key.id)
+        for warning in project.warnings:
+            emit(warning)
         emit(Phase("key_resolved", detail=project.backend, key_id=key.id))
         return RequestContext(
             self._leaser, request, session, state, project, interpreter, key, emit, cancel
@@ -318,6 +320,7 @@ class BuildService:
         dest = Path(tempfile.mkdtemp(prefix="sdist-", dir=self._work_dir(session)))
         try:
             root = unpack_sdist(path, dest)
+            checks.check_sdist_source(path, root)
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
@@ -380,9 +383,13 @@ class BuildService:
             dist_info, from_wheel = hooks.prepare_metadata(
                 dist, directory, ctx.request.config_settings
             )
+            checks.check_prepared(directory / dist_info, dist, ctx.project)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
+        ctx.emit(
+            Phase("artifact_checked", detail=dist_info, hook=f"prepare_metadata_for_build_{dist}")
+        )
         prepared = Prepared(directory, dist_info, env.id, ctx.project.fingerprint(), from_wheel)
         slot = (dist, settings_id(ctx.request.config_settings))
         old = ctx.state.prepared.get(slot)
@@ -408,7 +415,13 @@ class BuildService:
         return prepared.directory / prepared.dist_info
 
     def _build_one(
-        self, ctx: RequestContext, env: Environment, hooks: Hooks, dist: Dist, outdir: Path
+        self,
+        ctx: RequestContext,
+        env: Environment,
+        hooks: Hooks,
+        dist: Dist,
+        outdir: Path,
+        expected: Sequence[tuple[str, checks.Identity]] = (),
     ) -> ArtifactOutcome:
         staging = Path(tempfile.mkdtemp(prefix=f"build-{dist}-", dir=self._work_dir(ctx.session)))
         try:
@@ -421,6 +434,11 @@ class BuildService:
                     "output directory",
                     hook=f"build_{dist}",
                 )
+            # Nothing broken reaches the output folder, whoever asked for it.
+            checks.check_artifact(
+                dist, built, ctx.project, metadata_directory=metadata_directory, expected=expected
+            )
+            ctx.emit(Phase("artifact_checked", detail=name, hook=f"build_{dist}"))
             final, size, digest = publish(built, outdir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -433,7 +451,16 @@ class BuildService:
         unpack_root = Path(tempfile.mkdtemp(prefix="from-sdist-", dir=work))
         source_id = f"{ctx.request.source}\0from-sdist"
         try:
-            root = unpack_sdist(sdist, unpack_root)
+            try:
+                root = unpack_sdist(sdist, unpack_root)
+            except errors.InvalidProject as exc:
+                # The backend's own sdist, checked already: its fault, not the caller's.
+                raise errors.BackendFailed(
+                    f"hook build_sdist of backend {ctx.project.backend!r} wrote {sdist.name}, "
+                    f"which cannot be unpacked safely: {exc.message}",
+                    path=exc.path,
+                    hook="build_sdist",
+                ) from exc
             project = load_project(str(root))
             origin = f"{sdist.name}: build-system.requires"
             key = make_key(
@@ -455,9 +482,10 @@ class BuildService:
                 ctx.emit,
                 ctx.cancel,
             )
+            expected = [(f"the sdist {sdist.name}", checks.sdist_identity(sdist.name))]
             with sub.leased() as (lease, hooks):
                 self._dynamic_requirements(sub, lease, hooks, "wheel")
-                return self._build_one(sub, lease.instance, hooks, "wheel", outdir)
+                return self._build_one(sub, lease.instance, hooks, "wheel", outdir, expected)
         finally:
             self._forget_source(ctx.session.id, source_id)
             shutil.rmtree(unpack_root, ignore_errors=True)

@@ -26,7 +26,7 @@ from buildd.v1 import buildd_pb2_grpc
 from . import errors
 from .auth import Authenticator, Principal
 from .blobs import parse_digest
-from .events import Event, Log, Phase
+from .events import BuildWarning, Event, Log, Phase
 from .service import ArtifactOutcome, BuildService, Dist, MetadataOutcome, Request, RequiresOutcome
 
 if TYPE_CHECKING:
@@ -51,6 +51,11 @@ _PHASES: dict[str, int] = {
     "running_hook": pb.PHASE_KIND_RUNNING_HOOK,
     "hook_finished": pb.PHASE_KIND_HOOK_FINISHED,
     "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
+    "artifact_checked": pb.PHASE_KIND_ARTIFACT_CHECKED,
+}
+_WARNINGS: dict[str, int] = {
+    "near_miss": pb.WARNING_KIND_NEAR_MISS,
+    "unknown_key": pb.WARNING_KIND_UNKNOWN_KEY,
 }
 _DISTS: dict[int, Dist] = {
     pb.DISTRIBUTION_WHEEL: "wheel",
@@ -545,6 +550,16 @@ def _to_wire(event: Event, started: float) -> pb.Event:
     if isinstance(event, Log):
         stream = pb.LOG_STREAM_STDOUT if event.stream == "stdout" else pb.LOG_STREAM_STDERR
         return pb.Event(log=pb.LogLine(stream=stream, text=event.text, hook=event.hook))
+    if isinstance(event, BuildWarning):
+        return pb.Event(
+            warning=pb.Warning(
+                kind=_WARNINGS[event.kind],  # type: ignore[arg-type]
+                message=event.message,
+                path=event.path,
+                field=event.field,
+                suggestion=event.suggestion,
+            )
+        )
     assert isinstance(event, Phase)
     return pb.Event(
         phase=pb.Phase(

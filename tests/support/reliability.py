@@ -61,9 +61,13 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     return "demo-1.0.dist-info"
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    # The least the daemon accepts: METADATA, WHEEL and RECORD (checks.py).
     name = "demo-1.0-py3-none-any.whl"
     with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as whl:
-        whl.writestr("demo-1.0.dist-info/METADATA", "Metadata-Version: 2.1\\nName: demo\\n")
+        metadata = "Metadata-Version: 2.1\\nName: demo\\nVersion: 1.0\\n"
+        whl.writestr("demo-1.0.dist-info/METADATA", metadata)
+        whl.writestr("demo-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\\nTag: py3-none-any\\n")
+        whl.writestr("demo-1.0.dist-info/RECORD", "")
     return name
 """
 

@@ -107,6 +107,13 @@ class _PhaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseKind.V
     """
     PHASE_KIND_ARTIFACT_WRITTEN: _PhaseKind.ValueType  # 8
     """An artifact was written: `detail` is its path."""
+    PHASE_KIND_ARTIFACT_CHECKED: _PhaseKind.ValueType  # 11
+    """What hook `hook` produced passed the daemon's checks (docs/protocol.md,
+    "Artifact checks"): `detail` is its file name (a wheel, an sdist, or a
+    prepared .dist-info folder). Sent before ARTIFACT_WRITTEN, and after
+    PrepareMetadata's hook; an artifact that fails them ends the call with
+    FAILURE_KIND_BACKEND_FAILED instead.
+    """
 
 class PhaseKind(_PhaseKind, metaclass=_PhaseKindEnumTypeWrapper):
     """The steps of a request, in the order they usually happen."""
@@ -140,6 +147,13 @@ RUNNING_HOOK.
 """
 PHASE_KIND_ARTIFACT_WRITTEN: PhaseKind.ValueType  # 8
 """An artifact was written: `detail` is its path."""
+PHASE_KIND_ARTIFACT_CHECKED: PhaseKind.ValueType  # 11
+"""What hook `hook` produced passed the daemon's checks (docs/protocol.md,
+"Artifact checks"): `detail` is its file name (a wheel, an sdist, or a
+prepared .dist-info folder). Sent before ARTIFACT_WRITTEN, and after
+PrepareMetadata's hook; an artifact that fails them ends the call with
+FAILURE_KIND_BACKEND_FAILED instead.
+"""
 Global___PhaseKind: _TypeAlias = PhaseKind  # noqa: Y015
 
 class _LogStream:
@@ -158,6 +172,44 @@ LOG_STREAM_UNSPECIFIED: LogStream.ValueType  # 0
 LOG_STREAM_STDOUT: LogStream.ValueType  # 1
 LOG_STREAM_STDERR: LogStream.ValueType  # 2
 Global___LogStream: _TypeAlias = LogStream  # noqa: Y015
+
+class _WarningKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WarningKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WarningKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WARNING_KIND_UNSPECIFIED: _WarningKind.ValueType  # 0
+    WARNING_KIND_NEAR_MISS: _WarningKind.ValueType  # 1
+    """A table or key whose name is close to one the daemon knows, e.g.
+    `[build_sytem]` for `[build-system]`: `field` is the name as written,
+    `suggestion` the one probably meant. The misspelt entry is ignored, so the
+    request goes on without it (for `[build_sytem]`: with PEP 517's default
+    backend).
+    """
+    WARNING_KIND_UNKNOWN_KEY: _WarningKind.ValueType  # 2
+    """A key of `[build-system]` that PEP 517 and PEP 518 do not define (they
+    define `requires`, `build-backend` and `backend-path`): `field` names it.
+    It is ignored.
+    """
+
+class WarningKind(_WarningKind, metaclass=_WarningKindEnumTypeWrapper):
+    """What a Warning is about."""
+
+WARNING_KIND_UNSPECIFIED: WarningKind.ValueType  # 0
+WARNING_KIND_NEAR_MISS: WarningKind.ValueType  # 1
+"""A table or key whose name is close to one the daemon knows, e.g.
+`[build_sytem]` for `[build-system]`: `field` is the name as written,
+`suggestion` the one probably meant. The misspelt entry is ignored, so the
+request goes on without it (for `[build_sytem]`: with PEP 517's default
+backend).
+"""
+WARNING_KIND_UNKNOWN_KEY: WarningKind.ValueType  # 2
+"""A key of `[build-system]` that PEP 517 and PEP 518 do not define (they
+define `requires`, `build-backend` and `backend-path`): `field` names it.
+It is ignored.
+"""
+Global___WarningKind: _TypeAlias = WarningKind  # noqa: Y015
 
 class _FailureKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -710,6 +762,7 @@ class Event(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def phase(self) -> Global___Phase:
         """Progress: a step started or finished."""
@@ -726,6 +779,13 @@ class Event(_message.Message):
     def failure(self) -> Global___Failure:
         """The final event on failure."""
 
+    @_builtins.property
+    def warning(self) -> Global___Warning:
+        """Something the daemon noticed that does not stop the request, but that
+        the user most likely wants to fix (a misspelt table in pyproject.toml).
+        Zero or more per call, before the final event; never the last one.
+        """
+
     def __init__(
         self,
         *,
@@ -733,12 +793,13 @@ class Event(_message.Message):
         log: Global___LogLine | None = ...,
         result: Global___Result | None = ...,
         failure: Global___Failure | None = ...,
+        warning: Global___Warning | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "log", b"log", "phase", b"phase", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "log", b"log", "phase", b"phase", "result", b"result", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "log", b"log", "phase", b"phase", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "log", b"log", "phase", b"phase", "result", b"result", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["phase", "log", "result", "failure"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["phase", "log", "result", "failure", "warning"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -825,6 +886,50 @@ class LogLine(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
+
+@_typing.final
+class Warning(_message.Message):
+    """A warning about the request's project; the request goes on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    SUGGESTION_FIELD_NUMBER: _builtins.int
+    kind: Global___WarningKind.ValueType
+    message: _builtins.str
+    """One sentence naming the file, the entry and, for a near miss, what was
+    probably meant (e.g. "Found 'build_sytem' in .../pyproject.toml, did you
+    mean 'build-system'?").
+    """
+    path: _builtins.str
+    """The file the warning is about, e.g. ".../pyproject.toml"."""
+    field: _builtins.str
+    """The TOML path of the entry as written: "build_sytem",
+    "build-system.build_backend".
+    """
+    suggestion: _builtins.str
+    """For WARNING_KIND_NEAR_MISS: the TOML path probably meant, e.g.
+    "build-system" or "build-system.build-backend"; empty otherwise.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___WarningKind.ValueType = ...,
+        message: _builtins.str = ...,
+        path: _builtins.str = ...,
+        field: _builtins.str = ...,
+        suggestion: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "kind", b"kind", "message", b"message", "path", b"path", "suggestion", b"suggestion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Warning: _TypeAlias = Warning  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):
