@@ -25,8 +25,9 @@ Names are compared canonicalised (``canonicalize_name``), versions as
 ``Version`` objects, so ``Foo.Bar-1.0`` and ``foo_bar-1.0.0`` agree. A
 failure is ``BACKEND_FAILED`` naming the hook, the file and what is wrong; an
 sdist given as the source is held to pypa/build's rules only (a parsable
-name, a PKG-INFO) and fails with ``INVALID_PROJECT``: it is the caller's input. ``missing_mandatory_hook`` tells a ``build_wheel``/``build_sdist``
-that the backend lacks from any other failure of the hook process.
+name, a PKG-INFO) and fails with ``INVALID_PROJECT``: it is the caller's
+input. ``missing_mandatory_hook`` tells a ``build_wheel``/``build_sdist`` that
+the backend lacks from any other failure of the hook process.
 """
 
 from __future__ import annotations

@@ -183,6 +183,12 @@ def test_the_corpus_covers_the_issue(tmp_path: Path) -> None:
     editable = {p.backend.split()[0].rstrip(",") for p in projects if p.editable}
     assert {"setuptools", "hatchling", "flit_core"} <= editable
     assert 2 <= sum(p.fast for p in projects) <= 3
+    # Added for the interpreters side by side: a Cython extension, a backend that
+    # needs config settings to build here, setuptools-scm.
+    assert any("Cython extension" in p.backend for p in projects)
+    assert any(p.config_settings and p.note.startswith("Needs a config setting") for p in projects)
+    assert any("setuptools-scm" in p.backend for p in projects)
+    assert {"3.10", "3.11", "3.13"} <= set(corpus.load_interpreters())
 
 
 def test_the_corpus_rejects_unknown_fields(tmp_path: Path) -> None:
@@ -313,3 +319,41 @@ def test_metadata_json_formatting_counts() -> None:
         "the same object, printed differently (indent, escapes or newline)"
     ]
     assert compare.metadata_json_differences(json.dumps(data, ensure_ascii=False), theirs) != []
+
+
+def _sdist_requiring(folder: Path, spec: str | None) -> Path:
+    import io
+    import tarfile
+
+    path = folder / "demo-1.0.tar.gz"
+    pkg_info = "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n"
+    if spec is not None:
+        pkg_info += f"Requires-Python: {spec}\n"
+    with tarfile.open(path, "w:gz") as tar:
+        data = pkg_info.encode()
+        info = tarfile.TarInfo("demo-1.0/PKG-INFO")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("spec", "version", "expected"),
+    [
+        (">=3.11", "3.10.13", "Requires-Python >=3.11 excludes Python 3.10.13"),
+        (">=3.11", "3.13.0", ""),
+        ("<3.13,>=3.9", "3.13.0", "Requires-Python <3.13,>=3.9 excludes Python 3.13.0"),
+        (None, "3.10.13", ""),
+    ],
+)
+def test_a_project_is_skipped_where_requires_python_excludes_it(
+    tmp_path: Path, spec: str | None, version: str, expected: str
+) -> None:
+    from packaging.version import Version
+
+    from compat.check import skip_reason
+    from compat.interpreters import Interpreter
+
+    python = Path(sys.executable)
+    interpreter = Interpreter(version[:4].rstrip("."), python, Version(version), python)
+    assert skip_reason(_sdist_requiring(tmp_path, spec), interpreter) == expected
