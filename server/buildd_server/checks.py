@@ -121,7 +121,7 @@ def check_artifact(
                 raise _Broken(f"it is {found}, but {what} is {identity}")
     except _Broken as exc:
         kind = "an sdist" if dist == "sdist" else "a wheel"
-        raise errors.BackendFailed(
+        raise errors.ArtifactInvalid(
             f"hook {hook} of backend {backend!r} of {where} returned {path.name!r}, which is "
             f"not {kind} an installer can use: {exc}",
             path=where,
@@ -146,7 +146,7 @@ def check_prepared(dist_info: Path, dist: Dist, project: Project) -> Identity:
         if named is not None and named != found:
             raise _Broken(f"{dist_info.name}/METADATA says {found}, the folder name {named}")
     except _Broken as exc:
-        raise errors.BackendFailed(
+        raise errors.ArtifactInvalid(
             f"hook {hook} of backend {backend!r} of {where} prepared {dist_info.name!r}, "
             f"which is not usable metadata: {exc}",
             path=where,

@@ -101,6 +101,10 @@ class BackendFailed(BuilddError):
     kind = pb.FAILURE_KIND_BACKEND_FAILED
 
 
+class ArtifactInvalid(BackendFailed):
+    """A hook exited 0 but what it produced fails the artifact checks (checks.py)."""
+
+
 class HookMissing(BuilddError):
     """A mandatory hook is missing from the backend."""
 

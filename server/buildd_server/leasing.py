@@ -204,9 +204,15 @@ class RequestContext:
         try:
             yield lease, hooks
             discard = False
-        except (errors.InvalidProject, errors.HookMissing, errors.BackendUnavailable) as exc:
-            # The hook process ended through the PEP 517 protocol itself: the
-            # instance was not touched, but prove it before keeping it.
+        except (
+            errors.InvalidProject,
+            errors.HookMissing,
+            errors.BackendUnavailable,
+            errors.ArtifactInvalid,
+        ) as exc:
+            # The hook process ended through the PEP 517 protocol itself (or
+            # exited 0 with a broken artifact): the instance was not touched,
+            # but prove it before keeping it.
             self.hook_failed(exc)
             discard = not self.leaser.factory.validate(env)
             raise

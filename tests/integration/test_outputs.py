@@ -233,17 +233,27 @@ def test_a_broken_wheel_is_never_a_success_in_the_library_either(
     session = client.open_session("outputs-library")
     out = tmp_path / "out"
     call = session.build(str(source), distributions=("wheel",), output_directory=out)
-    kinds = [e.phase.kind for e in call if e.WhichOneof("kind") == "phase"]
+    phases = [e.phase for e in call if e.WhichOneof("kind") == "phase"]
     with pytest.raises(RequestFailed):
         call.result()
+    kinds = [phase.kind for phase in phases]
     assert pb.PHASE_KIND_ARTIFACT_CHECKED not in kinds
     assert pb.PHASE_KIND_ARTIFACT_WRITTEN not in kinds
     assert not out.exists() or not list(out.iterdir())
     # The control: a sound wheel is checked, then written.
     good = faulty_project(tmp_path / "good", "none")
     call = session.build(str(good), distributions=("wheel",), output_directory=out)
-    kinds = [e.phase.kind for e in call if e.WhichOneof("kind") == "phase"]
+    good_phases = [e.phase for e in call if e.WhichOneof("kind") == "phase"]
+    kinds = [phase.kind for phase in good_phases]
     [artifact] = call.result().artifacts
+    # The hook exited 0: the environment was kept (validated), not discarded,
+    # so the next request of the same key leases that very instance.
+    leased = [
+        phase.environment_path
+        for phase in [*phases, *good_phases]
+        if phase.kind == pb.PHASE_KIND_ENVIRONMENT_LEASED
+    ]
+    assert len(leased) == 2 and leased[0] == leased[1]
     assert kinds.index(pb.PHASE_KIND_ARTIFACT_CHECKED) < kinds.index(pb.PHASE_KIND_ARTIFACT_WRITTEN)
     with zipfile.ZipFile(artifact.path) as archive:
         assert "faulty_none-1.0.dist-info/RECORD" in archive.namelist()
