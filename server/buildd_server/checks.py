@@ -135,6 +135,8 @@ def check_prepared(dist_info: Path, dist: Dist, project: Project) -> Identity:
     hook, backend, where = f"prepare_metadata_for_build_{dist}", project.backend, _where(project)
     try:
         named = _dist_info_identity(dist_info.name)
+        if named is None or not dist_info.name.endswith(".dist-info"):
+            raise _Broken("the folder is not named {name}-{version}.dist-info")
         metadata = dist_info / "METADATA"
         try:
             data = metadata.read_bytes()
@@ -143,7 +145,7 @@ def check_prepared(dist_info: Path, dist: Dist, project: Project) -> Identity:
         except OSError as exc:
             raise _Broken(f"{dist_info.name}/METADATA cannot be read: {exc.strerror}") from exc
         found = _metadata_identity(data, f"{dist_info.name}/METADATA")
-        if named is not None and named != found:
+        if named != found:
             raise _Broken(f"{dist_info.name}/METADATA says {found}, the folder name {named}")
     except _Broken as exc:
         raise errors.ArtifactInvalid(

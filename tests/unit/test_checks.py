@@ -223,6 +223,11 @@ def test_prepared_metadata(tmp_path: Path) -> None:
         checks.check_prepared(folder, "wheel", PROJECT)
     (folder / "METADATA").write_bytes(METADATA)
     assert str(checks.check_prepared(folder, "editable", PROJECT)) == "demo-pkg 1.0"
+    odd = tmp_path / "metadata"
+    odd.mkdir()
+    (odd / "METADATA").write_bytes(METADATA)
+    with pytest.raises(errors.BackendFailed, match="not named"):
+        checks.check_prepared(odd, "wheel", PROJECT)
 
 
 IN_PROCESS = "/env/lib/python3.11/site-packages/pyproject_hooks/_in_process/_in_process.py"
