@@ -899,6 +899,7 @@ class Warning(_message.Message):
     FIELD_FIELD_NUMBER: _builtins.int
     SUGGESTION_FIELD_NUMBER: _builtins.int
     kind: Global___WarningKind.ValueType
+    """What the warning is about; never UNSPECIFIED."""
     message: _builtins.str
     """One sentence naming the file, the entry and, for a near miss, what was
     probably meant (e.g. "Found 'build_sytem' in .../pyproject.toml, did you
