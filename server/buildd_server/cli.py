@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from buildd import __version__
 
-from .config import Config, InstallerOptions, SourceLimits
+from .config import Config, InstallerOptions, PrincipalCaps, SourceLimits
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -129,6 +129,26 @@ def _add_remote_options(parser: argparse.ArgumentParser) -> None:
         help="largest unpacked/compressed size ratio of an uploaded source past 16 MiB "
         f"unpacked (default: {limits.max_ratio:g})",
     )
+
+
+def _add_cap_options(parser: argparse.ArgumentParser) -> None:
+    """What one principal may hold at once (docs/configuration.md#per-principal-caps)."""
+    group = parser.add_argument_group("per-principal caps (see docs/configuration.md)")
+    caps = PrincipalCaps()
+    for name, what in (
+        ("streams", "streaming calls (KeepAlive, metadata, builds, uploads, downloads, watches)"),
+        ("sessions", "open sessions"),
+        ("uploads", "UploadBlob calls in flight"),
+        ("watches", "WatchMetadata streams"),
+    ):
+        default = getattr(caps, name)
+        group.add_argument(
+            f"--max-{name}-per-principal",
+            type=int,
+            default=int(_env(f"MAX_{name.upper()}_PER_PRINCIPAL", str(default))),
+            metavar="N",
+            help=f"{what} one principal may have at once (default: {default})",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -250,6 +270,7 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a non-loopback TCP address without TLS and tokens",
     )
     _add_remote_options(parser)
+    _add_cap_options(parser)
     return parser
 
 
@@ -283,6 +304,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error("--blob-cache-size, --max-source-size and --max-source-files must be positive")
     if args.max_source_ratio < 1:
         parser.error("--max-source-ratio must be at least 1")
+    for name in ("streams", "sessions", "uploads", "watches"):
+        if getattr(args, f"max_{name}_per_principal") < 1:
+            parser.error(f"--max-{name}-per-principal must be at least 1")
     if args.grace < 0 or args.idle_timeout < 0:
         _parser().error("--grace and --idle-timeout must not be negative")
     find_links = tuple(
@@ -320,6 +344,12 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             max_bytes=args.max_source_size,
             max_files=args.max_source_files,
             max_ratio=args.max_source_ratio,
+        ),
+        caps=PrincipalCaps(
+            streams=args.max_streams_per_principal,
+            sessions=args.max_sessions_per_principal,
+            uploads=args.max_uploads_per_principal,
+            watches=args.max_watches_per_principal,
         ),
     )
 

@@ -71,9 +71,10 @@ class Metrics:
         sessions: Callable[[], int],
         environments: Callable[[], dict[str, int]],
         active_calls: Callable[[], int],
+        held: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         """Register the scrape-time gauges."""
-        self.registry.register(_Live(sessions, environments, active_calls))
+        self.registry.register(_Live(sessions, environments, active_calls, held))
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP; returns the bound port (useful with port 0)."""
@@ -97,10 +98,12 @@ class _Live(Collector):
         sessions: Callable[[], int],
         environments: Callable[[], dict[str, int]],
         active_calls: Callable[[], int],
+        held: Callable[[], dict[str, int]] | None,
     ) -> None:
         self._sessions = sessions
         self._environments = environments
         self._active_calls = active_calls
+        self._held = held
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("buildd_sessions", "Live sessions", value=self._sessions())
@@ -113,3 +116,12 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             "buildd_active_calls", "Long calls running now", value=self._active_calls()
         )
+        if self._held is not None:
+            held = GaugeMetricFamily(
+                "buildd_held",
+                "What all principals hold now against the per-principal caps, by cap",
+                labels=["cap"],
+            )
+            for cap, count in sorted(self._held().items()):
+                held.add_metric([cap], count)
+            yield held
