@@ -10,7 +10,8 @@ For a project and an interpreter, in the run's one buildd session:
    ``import`` must find the module in the tree;
 3. ``buildd-client metadata --json`` of the first copy;
 4. pypa/build, run by the interpreter: ``python -m build --wheel --installer uv``
-   of a third copy, and ``python -m build --metadata`` of a fourth;
+   of a third copy, and ``python -m build --metadata`` of a fourth (of its own
+   wheel for a project with config settings, which ``--metadata`` drops);
 5. compared: wheels with ``compare.compare_wheels`` and ``record_problems``,
    METADATA with ``metadata_differences``, the JSON texts byte for byte.
 """
@@ -247,14 +248,20 @@ def check_project(
     if reference is not None:
         result.build_time = time.perf_counter() - started
         result.generator = wheel_generator(reference)
-    json_tree = unpack_sdist(sdist, workdir / "reference-json-src")
-    theirs_json = _step(
-        result,
-        "python -m build --metadata",
-        lambda: reference_metadata_json(
-            tool, json_tree, project, index, workdir / "reference-json", run.log
-        ),
-    )
+    theirs_json: str | None = None
+    if not project.config_settings:
+        json_source: Path | None = unpack_sdist(sdist, workdir / "reference-json-src")
+    else:
+        # pypa/build's --metadata drops config settings (frontends.py): its wheel.
+        json_source = reference
+    if json_source is not None:
+        theirs_json = _step(
+            result,
+            "python -m build --metadata",
+            lambda: reference_metadata_json(
+                tool, json_source, project, index, workdir / "reference-json", run.log
+            ),
+        )
     if ours_json is not None and theirs_json is not None:
         differences = metadata_json_differences(ours_json, theirs_json)
         result.metadata_json_equal = not differences

@@ -36,6 +36,10 @@ _MAGIC = (
 # PEP 770 software bills of materials inside a wheel.
 _SBOM = re.compile(r"^[^/]+\.dist-info/sboms/[^/]+\.json$")
 _SOURCE_URL = re.compile(r"path\+file://[^#\"\s]*")
+# The build configuration numpy's meson build writes (numpy/__config__.py).
+_MESON_CONFIG = re.compile(r"^[^/]+/__config__\.py$")
+_CONFIG_PYTHON = re.compile(rb'("Python Information": \{\s*"path": r")[^"]*(")')
+_CONFIG_DEP_ID = re.compile(rb'"name": "dep\d+"')
 # Hash algorithms a RECORD may use (PEP 376/427: sha256 or stronger).
 _RECORD_HASHES = frozenset({"sha256", "sha384", "sha512", "sha3_256", "sha3_384", "sha3_512"})
 
@@ -48,13 +52,21 @@ def is_compiled(name: str, data: bytes) -> bool:
 def normalise_member(name: str, data: bytes) -> bytes:
     """A member's bytes with what is irreproducible by design taken out.
 
-    Only one kind of member needs it: a CycloneDX SBOM (PEP 770,
-    ``.dist-info/sboms/*.json``; maturin writes one). By the CycloneDX spec its
+    Two kinds of member need it. A CycloneDX SBOM (PEP 770,
+    ``.dist-info/sboms/*.json``; maturin writes one): by the CycloneDX spec its
     ``serialNumber`` is a fresh random UUID and ``metadata.timestamp`` the build
     time, and cargo names the package by the ``path+file://`` URL of the source
     tree, which is a different folder in every build. Those three are dropped
-    or replaced; everything else, key order included, must be equal.
+    or replaced; everything else, key order included, must be equal. And
+    numpy's ``__config__.py`` (its meson build's record of itself): it names
+    the build environment's interpreter (every frontend makes its own
+    environment, at its own path) and, for a dependency meson did not find
+    (BLAS here), ``dep`` followed by a Python object id, which changes with
+    every run. Both are replaced by placeholders.
     """
+    if _MESON_CONFIG.match(name) and b'"Python Information"' in data:
+        data = _CONFIG_PYTHON.sub(rb"\1<build environment>/bin/python\2", data)
+        return _CONFIG_DEP_ID.sub(b'"name": "dep<object id>"', data)
     if not _SBOM.match(name):
         return data
     try:

@@ -148,11 +148,20 @@ def build_reference(
 
 
 def reference_metadata_json(
-    python: Path, tree: Path, project: Project, index: IndexOptions, scratch: Path, log: Path
+    python: Path, source: Path, project: Project, index: IndexOptions, scratch: Path, log: Path
 ) -> str:
-    """What ``python -m build --metadata --installer uv`` prints for ``tree``."""
-    cmd = [str(python), "-m", "build", "--metadata", "--installer", "uv", *_settings(project)]
-    return run_logged([*cmd, str(tree)], log, env=tool_environment(index, scratch))
+    """What ``python -m build --metadata --installer uv`` prints for ``source``.
+
+    ``source`` is a tree, or a wheel whose METADATA pypa/build then reads
+    without building: its ``--metadata`` passes no config settings to
+    ``prepare_metadata_for_build_wheel`` or the wheel it falls back on
+    (``ProjectBuilder.metadata_path`` takes none), so a project that needs them
+    is read from pypa/build's own wheel, built with them.
+    """
+    cmd = [str(python), "-m", "build", "--metadata", "--installer", "uv"]
+    if source.suffix != ".whl":
+        cmd += _settings(project)
+    return run_logged([*cmd, str(source)], log, env=tool_environment(index, scratch))
 
 
 def _settings(project: Project) -> list[str]:

@@ -169,9 +169,15 @@ Each interpreter's cell says **yes** when every check held:
 - **wheel**: buildd's wheel from the unpacked sdist and buildd's wheel
   from the sdist file each equal pypa/build's wheel, and all three have a
   valid RECORD;
-- **JSON**: `buildd-client metadata --json` prints exactly, byte for byte, what
-  `python -m build --metadata` prints for the same tree (pypa/build run by that
-  interpreter, with the same `packaging` version as the client);
+- **JSON**: `buildd-client metadata --json` prints the object
+  `python -m build --metadata` prints for the same tree, the same way (pypa/build
+  run by that interpreter, with the same `packaging` version as the client); only
+  the key order may differ, as pypa/build's own changes from run to run
+  (packaging collects the fields through a frozenset). For a project with config
+  settings, pypa/build reads its own wheel instead: on a tree, its `--metadata`
+  passes the settings to `get_requires_for_build_wheel` only, not to
+  `prepare_metadata_for_build_wheel` or the wheel build it falls back on, and
+  numpy fails without them;
 - **editable** (projects marked "checked"): a PEP 660 editable wheel built by
   buildd installs into a fresh virtualenv of that interpreter, and `import`
   there finds the module in the source tree.
@@ -218,7 +224,12 @@ run on a 2-core machine shared with other work: the numbers are indicative.
     `metadata.timestamp` (the build time), and with cargo's `path+file://` URL
     of the source tree replaced by a placeholder (every build, by either
     frontend, unpacks the sdist into a different folder). Any other change in
-    them counts.
+    them counts;
+  - numpy's `__config__.py`, the record its meson build writes of itself:
+    compared with the build environment's interpreter path (every frontend
+    makes its own environment at its own path) and meson's `dep<number>` names
+    of dependencies it did not find (a Python object id, different in every
+    run, buildd's two builds included) replaced by placeholders.
 
   Nothing else is normalised or ignored.
 - The filename's tags must be exactly the `Tag` lines of `WHEEL`.

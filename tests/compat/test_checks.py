@@ -357,3 +357,27 @@ def test_a_project_is_skipped_where_requires_python_excludes_it(
     python = Path(sys.executable)
     interpreter = Interpreter(version[:4].rstrip("."), python, Version(version), python)
     assert skip_reason(_sdist_requiring(tmp_path, spec), interpreter) == expected
+
+
+def _numpy_config(python: str, dep: str, blas: str = "False") -> bytes:
+    return (
+        '"lapack": {\n    "name": "' + dep + '",\n    "found": bool("' + blas + '".lower()),\n},\n'
+        '"Python Information": {\n    "path": r"' + python + '",\n    "version": "3.10",\n},\n'
+    ).encode()
+
+
+def test_numpy_config_environment_path_and_object_ids_are_normalised(tmp_path: Path) -> None:
+    name = "demo/__config__.py"
+    left = make_wheel(tmp_path / "a", {name: _numpy_config("/tmp/build-env-x/bin/python", "dep1")})
+    right = make_wheel(
+        tmp_path / "b", {name: _numpy_config("/s/envs/f814c99271b9/bin/python", "dep2")}
+    )
+    assert compare.compare_wheels(left, right) == []
+
+
+def test_numpy_config_content_still_counts(tmp_path: Path) -> None:
+    name = "demo/__config__.py"
+    left = make_wheel(tmp_path / "a", {name: _numpy_config("/a/bin/python", "dep1", "True")})
+    right = make_wheel(tmp_path / "b", {name: _numpy_config("/b/bin/python", "dep2", "False")})
+    [problem] = compare.compare_wheels(left, right)
+    assert problem.startswith(f"{name}: content differs")
