@@ -195,7 +195,7 @@ class Client:
                 _write_sessions(folder / SESSIONS_FILE, stored)
 
     def close_session(self, session_id: str) -> pb.CloseSessionResponse:
-        """End a session by id; its environments are deleted."""
+        """End a session by id; its environments stay in the store (or are deleted: --no-store)."""
         try:
             response = self._unary(
                 self._stub.CloseSession, pb.CloseSessionRequest(session_id=session_id)
@@ -229,6 +229,16 @@ class Client:
                 raise DaemonUnavailable(f"no buildd daemon answers at {self.address}") from exc
             return False
         return status == _SERVING
+
+    def prune_store(
+        self, older_than: float = 0.0, *, all_principals: bool = False
+    ) -> pb.PruneStoreResponse:
+        """Delete the idle environments of the caller's store unused for ``older_than`` s.
+
+        0 means every idle one; ``all_principals`` (admins) prunes every store.
+        """
+        request = pb.PruneStoreRequest(older_than_seconds=older_than, all_principals=all_principals)
+        return self._unary(self._stub.PruneStore, request)
 
     def shutdown(self, grace: float = 0.0) -> pb.ShutdownResponse:
         """Ask the daemon to drain and stop; returns once the drain has begun."""

@@ -28,8 +28,10 @@ from grpc_reflection.v1alpha import reflection
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 
+from . import zygotes
 from .auth import Authenticator, check_listen, server_credentials
 from .blobs import BlobStore
+from .bytecode import COMPILER
 from .environments import Environment, EnvironmentFactory
 from .errors import DaemonStartupError
 from .installers import select_installer
@@ -37,6 +39,8 @@ from .pool import Pool
 from .service import BuildService
 from .servicer import Servicer
 from .sessions import Session, SessionRegistry
+from .store import Store
+from .storekeeper import StoreKeeper
 from .transfers import Transfers
 
 if TYPE_CHECKING:
@@ -87,9 +91,13 @@ class Daemon:
             fork_server=self.config.fork_server,
         )
         holder: list[BuildService] = []
+        keepers: list[StoreKeeper] = []
 
         def destroy(env: Environment) -> None:
             holder[0].destroy_environment(env)
+
+        def validate(env: Environment) -> bool:
+            return keepers[0].validate(env)
 
         def on_end(session: Session) -> None:
             holder[0].session_ended(session)
@@ -98,10 +106,21 @@ class Daemon:
             max_per_key=self.config.max_envs_per_key,
             max_total=self.config.max_envs,
             destroy=destroy,
-            validate=factory.validate,
+            validate=validate,
         )
         self.registry = SessionRegistry(sessions_root, self.config.session_ttl, on_end)
         self.metrics = Metrics()
+        self.store = Store(self.config.state_dir / "envs", enabled=self.config.store)
+        self.keeper = StoreKeeper(
+            self.store,
+            self.pool,
+            factory,
+            self.metrics,
+            max_bytes=self.config.store_size,
+            ttl=self.config.store_ttl,
+        )
+        keepers.append(self.keeper)
+        factory.on_resized = self.keeper.changed
         self.blobs = BlobStore(
             self.config.state_dir / "blobs",
             self.config.blob_cache_size,
@@ -115,8 +134,13 @@ class Daemon:
             installer.name,
             self.metrics,
             blobs=self.blobs,
+            store=self.store,
+            keeper=self.keeper,
         )
         holder.append(self.service)
+        if self.config.store:
+            # Before serving: a request must never meet an instance twice.
+            self.keeper.adopt()
         self.servicer = Servicer(
             self.config,
             self.address.target,
@@ -144,6 +168,7 @@ class Daemon:
             sessions=lambda: len(self.registry),
             environments=self._environment_counts,
             active_calls=lambda: self.servicer.active_calls,
+            store_bytes=(lambda: self.keeper.usage()[0]) if self.config.store else None,
         )
         buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -159,6 +184,8 @@ class Daemon:
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
+        if self.config.store:
+            self.keeper.start()
         log.info(
             "daemon_started",
             address=self.address.target,
@@ -213,9 +240,10 @@ class Daemon:
         # With the lock held nobody else can be using these: they are what a
         # crashed or killed daemon left behind. Hooks of that daemon may still
         # run (each in its own process group): stop them before deleting the
-        # environments they run in.
+        # environments they run in (session folders, and the store's, where
+        # fork servers and bytecode compiles run too).
         sessions = state / "sessions"
-        killed = _kill_processes_under(sessions)
+        killed = _kill_processes_under(sessions) + _kill_processes_under(state / "envs")
         reclaimed = 0
         if sessions.is_dir():
             for child in sessions.iterdir():
@@ -327,7 +355,12 @@ class Daemon:
         self.servicer.wait_workers(10.0)
         self.metrics.stop()
         self.registry.stop_reaper()
+        # Sessions end as they do on close: stored instances are checked and
+        # kept; then the processes that run from them go.
         self.registry.end_all()
+        self.keeper.stop()
+        zygotes.REGISTRY.stop_all()
+        COMPILER.stop_all()
         if self.address.kind == "unix" and self.address.path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)

@@ -150,5 +150,12 @@ class Unauthenticated(BuilddError):
     kind = pb.FAILURE_KIND_PERMISSION_DENIED
 
 
+class StoreDisabled(BuilddError):
+    """A store operation on a daemon started with --no-store."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    kind = pb.FAILURE_KIND_INVALID_REQUEST
+
+
 class DaemonStartupError(Exception):
     """The daemon cannot start (state dir locked or unwritable, address in use...)."""

@@ -16,6 +16,7 @@ PhaseName = Literal[
     "creating_environment",
     "installing_requirements",
     "environment_leased",
+    "environment_adopted",
     "running_hook",
     "hook_finished",
     "artifact_written",
@@ -33,6 +34,10 @@ class Phase:
     hook: str = ""
     count: int = 0
     step_seconds: float = 0.0
+    # The instance's slot in its principal's store (-1: not in a store).
+    slot: int = -1
+    # How long validating the instance took before this lease (0: not validated).
+    validation_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

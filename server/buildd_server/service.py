@@ -41,6 +41,7 @@ from .requests import (
     settings_id,
 )
 from .sources import is_sdist, load_project, unpack_sdist
+from .store import Store
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from .keys import EnvKey
     from .pool import Lease, Pool
     from .sessions import Session, SessionRegistry
+    from .storekeeper import StoreKeeper
 
 log = structlog.get_logger("buildd.service")
 
@@ -78,6 +80,8 @@ class BuildService:
         installer_name: str,
         metrics: Metrics | None = None,
         blobs: BlobStore | None = None,
+        store: Store | None = None,
+        keeper: StoreKeeper | None = None,
     ) -> None:
         self._config = config
         self.metrics = metrics or Metrics()
@@ -90,8 +94,11 @@ class BuildService:
         self._lock = threading.Lock()
         self._sources: dict[str, dict[str, SourceState]] = {}
         self._in_flight: dict[str, int] = {}
-        self._end_counts: dict[str, tuple[int, int]] = {}
-        self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout)
+        self._end_counts: dict[str, tuple[int, int, int]] = {}
+        # Without a store given: session-only environments (--no-store).
+        self._store = store or Store(config.state_dir / "envs", enabled=False)
+        self._keeper = keeper
+        self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout, self._store, keeper)
         self.draining = False
 
     # ------------------------------------------------------------ requests --
@@ -172,29 +179,53 @@ class BuildService:
 
     # ------------------------------------------------------------- sessions --
 
-    def session_ended(self, session: Session) -> tuple[int, int]:
-        """Drop everything a session owns; called once when it ends, however it ends."""
+    def session_ended(self, session: Session) -> tuple[int, int, int]:
+        """Drop everything a session owns; called once when it ends, however it ends.
+
+        With the store, the idle instances it used are checked and stay in
+        its principal's store; with ``--no-store`` they are deleted.
+        Returns (deleted now, deleted or stored at release, stored now).
+        """
         with self._lock:
             self._sources.pop(session.id, None)
             busy = self._in_flight.get(session.id, 0)
-        deleted, pending = self._pool.drop_owner(session.id)
+        used = self._leaser.used(session.id)
+        if self._store.enabled and self._keeper is not None:
+            self._pool.end_party(session.id)
+            stored, deleted, pending = self._keeper.session_ended(session.id, used)
+        else:
+            stored = 0
+            deleted, pending = self._pool.drop_owner(session.id)
         if busy == 0:
             self._remove_session_dir(session)
         with self._lock:
             # Read back once by CloseSession; sessions that expire are never
             # asked about, so keep only the latest few.
-            self._end_counts[session.id] = (deleted, pending)
+            self._end_counts[session.id] = (deleted, pending, stored)
             while len(self._end_counts) > 64:
                 del self._end_counts[next(iter(self._end_counts))]
         log.info(
-            "session_ended", session=session.id[:8], envs_deleted=deleted, envs_pending=pending
+            "session_ended",
+            session=session.id[:8],
+            envs_deleted=deleted,
+            envs_pending=pending,
+            envs_stored=stored,
         )
-        return deleted, pending
+        return deleted, pending, stored
 
-    def last_end_counts(self, session_id: str) -> tuple[int, int]:
-        """(deleted now, deleted at release) of a session that just ended."""
+    @property
+    def keeper(self) -> StoreKeeper | None:
+        """The store's keeper; None with --no-store."""
+        return self._keeper if self._store.enabled else None
+
+    def leased_by(self, session_id: str) -> set[int]:
+        """ids of the instances a live session has leased so far (for status)."""
+        return self._leaser.leased_by(session_id)
+
+    def last_end_counts(self, session_id: str) -> tuple[int, int, int]:
+        """(deleted now, at release, stored now) of a session that just ended."""
         with self._lock:
-            return self._end_counts.pop(session_id, (0, 0))
+            return self._end_counts.pop(session_id, (0, 0, 0))
 
     def sources_of(self, session_id: str, env: Environment) -> list[str]:
         """The sources of a session whose affinity points at ``env``."""
@@ -212,6 +243,9 @@ class BuildService:
         session's request, when its own session ends.
         """
         self._factory.destroy(env)
+        if env.in_store:
+            self._store.release(env.principal, env.key_dir, env.slot)
+            return
         session_dir = env.path.parent.parent
         if session_dir.parent != self._config.state_dir / "sessions" or any(
             session.directory == session_dir for session in self._registry.all()
@@ -363,8 +397,11 @@ class BuildService:
         )
         missing = [req for req in wanted if req not in env.key.requirements]
         if missing:
-            self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
+            with self._store.cache_in_use(env.principal):
+                self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
             lease.rekey(env.key)
+            if self._keeper is not None:
+                self._keeper.changed(env)
         return dynamic
 
     def _prepare(

@@ -28,6 +28,7 @@ from .auth import Authenticator, Principal
 from .blobs import parse_digest
 from .events import Event, Log, Phase
 from .service import ArtifactOutcome, BuildService, Dist, MetadataOutcome, Request, RequiresOutcome
+from .store_status import add_store_status, environment_info, prune_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -48,10 +49,12 @@ _PHASES: dict[str, int] = {
     "creating_environment": pb.PHASE_KIND_CREATING_ENVIRONMENT,
     "installing_requirements": pb.PHASE_KIND_INSTALLING_REQUIREMENTS,
     "environment_leased": pb.PHASE_KIND_ENVIRONMENT_LEASED,
+    "environment_adopted": pb.PHASE_KIND_ENVIRONMENT_ADOPTED,
     "running_hook": pb.PHASE_KIND_RUNNING_HOOK,
     "hook_finished": pb.PHASE_KIND_HOOK_FINISHED,
     "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
 }
+_SLOTTED = frozenset({"environment_leased", "environment_adopted"})
 _DISTS: dict[int, Dist] = {
     pb.DISTRIBUTION_WHEEL: "wheel",
     pb.DISTRIBUTION_SDIST: "sdist",
@@ -168,9 +171,11 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     ) -> pb.CloseSessionResponse:
         def run() -> pb.CloseSessionResponse:
             session = self._registry.close(request.session_id, principal=self._who(context).name)
-            deleted, pending = self._service.last_end_counts(session.id)
+            deleted, pending, stored = self._service.last_end_counts(session.id)
             return pb.CloseSessionResponse(
-                environments_deleted=deleted, environments_pending=pending
+                environments_deleted=deleted,
+                environments_pending=pending,
+                environments_stored=stored,
             )
 
         return self._unary(context, run)
@@ -261,6 +266,11 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
         return self._unary(context, run)
 
+    def PruneStore(
+        self, request: pb.PruneStoreRequest, context: grpc.ServicerContext
+    ) -> pb.PruneStoreResponse:
+        return self._unary(context, lambda: prune_store(self._service, request, self._who(context)))
+
     def Shutdown(
         self, request: pb.ShutdownRequest, context: grpc.ServicerContext
     ) -> pb.ShutdownResponse:
@@ -339,6 +349,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             principal=who.name,
             admin=who.admin,
         )
+        add_store_status(response, self._service, self._config, scope)
         for session in sessions:
             status = response.sessions.add(
                 session_id=session.id,
@@ -348,27 +359,13 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                 keepalives=session.keepalives,
                 principal=session.principal,
             )
+            leased = self._service.leased_by(session.id)
             for entry in entries:
-                if entry.owner != session.id:
+                if entry.owner != session.id and id(entry.instance) not in leased:
                     continue
-                env = entry.instance
-                status.environments.add(
-                    id=env.id,
-                    path=str(env.path),
-                    key_id=env.key.id,
-                    interpreter=env.interpreter.executable,
-                    python_version=env.interpreter.version,
-                    requirements=list(env.key.requirements),
-                    state=(
-                        pb.ENVIRONMENT_STATE_LEASED
-                        if entry.state == "leased"
-                        else pb.ENVIRONMENT_STATE_IDLE
-                    ),
-                    hook_calls=env.hook_calls,
-                    created_at=env.created_at,
-                    last_used_at=env.last_used_at,
-                    sources=self._service.sources_of(session.id, env),
-                )
+                info = environment_info(entry)
+                info.sources.extend(self._service.sources_of(session.id, entry.instance))
+                status.environments.append(info)
         return response
 
     # ------------------------------------------------------------ plumbing --
@@ -556,6 +553,8 @@ def _to_wire(event: Event, started: float) -> pb.Event:
             hook=event.hook,
             count=event.count,
             step_seconds=event.step_seconds,
+            slot=event.slot if event.name in _SLOTTED else 0,
+            validation_seconds=event.validation_seconds,
         )
     )
 

@@ -906,7 +906,7 @@ def test_evict_idle_respects_age() -> None:
     old.release()
     clock.advance(60)
     new.release()
-    assert pool.evict_idle(older_than=30) == 1
+    assert pool.evict_idle(older_than=30) == [old.instance]
     assert fakes.destroyed == [old.instance]
-    assert pool.evict_idle() == 1
+    assert pool.evict_idle() == [new.instance]
     assert pool.total() == 0

@@ -107,6 +107,13 @@ class _PhaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseKind.V
     """
     PHASE_KIND_ARTIFACT_WRITTEN: _PhaseKind.ValueType  # 8
     """An artifact was written: `detail` is its path."""
+    PHASE_KIND_ENVIRONMENT_ADOPTED: _PhaseKind.ValueType  # 10
+    """The session leased, for the first time, an environment its principal's
+    store kept from an earlier session or daemon run (so nothing had to be
+    created): `environment_path` and `slot` name it, `detail` says when it
+    was created and last used, `validation_seconds` what checking it cost.
+    Sent just before ENVIRONMENT_LEASED.
+    """
 
 class PhaseKind(_PhaseKind, metaclass=_PhaseKindEnumTypeWrapper):
     """The steps of a request, in the order they usually happen."""
@@ -140,6 +147,13 @@ RUNNING_HOOK.
 """
 PHASE_KIND_ARTIFACT_WRITTEN: PhaseKind.ValueType  # 8
 """An artifact was written: `detail` is its path."""
+PHASE_KIND_ENVIRONMENT_ADOPTED: PhaseKind.ValueType  # 10
+"""The session leased, for the first time, an environment its principal's
+store kept from an earlier session or daemon run (so nothing had to be
+created): `environment_path` and `slot` name it, `detail` says when it
+was created and last used, `validation_seconds` what checking it cost.
+Sent just before ENVIRONMENT_LEASED.
+"""
 Global___PhaseKind: _TypeAlias = PhaseKind  # noqa: Y015
 
 class _LogStream:
@@ -272,6 +286,11 @@ class _EnvironmentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Envi
     """Leased by a running request."""
     ENVIRONMENT_STATE_CREATING: _EnvironmentState.ValueType  # 3
     """Being created."""
+    ENVIRONMENT_STATE_CHECKING: _EnvironmentState.ValueType  # 4
+    """Being checked by the store (after a daemon restart, or at the end of a
+    session that used it): leased to nobody, not leasable until the check
+    ends.
+    """
 
 class EnvironmentState(_EnvironmentState, metaclass=_EnvironmentStateEnumTypeWrapper): ...
 
@@ -282,6 +301,11 @@ ENVIRONMENT_STATE_LEASED: EnvironmentState.ValueType  # 2
 """Leased by a running request."""
 ENVIRONMENT_STATE_CREATING: EnvironmentState.ValueType  # 3
 """Being created."""
+ENVIRONMENT_STATE_CHECKING: EnvironmentState.ValueType  # 4
+"""Being checked by the store (after a daemon restart, or at the end of a
+session that used it): leased to nobody, not leasable until the check
+ends.
+"""
 Global___EnvironmentState: _TypeAlias = EnvironmentState  # noqa: Y015
 
 class _BlobKind:
@@ -468,21 +492,27 @@ class CloseSessionResponse(_message.Message):
 
     ENVIRONMENTS_DELETED_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_PENDING_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_STORED_FIELD_NUMBER: _builtins.int
     environments_deleted: _builtins.int
     """How many environments were deleted now (idle ones)."""
     environments_pending: _builtins.int
     """How many environments were leased by a running hook call and will be
-    deleted when that call ends.
+    deleted (with --no-store) or returned to the store when that call ends.
+    """
+    environments_stored: _builtins.int
+    """How many environments the session used were checked and stay in its
+    principal's store, for a later session of that principal to adopt.
     """
     def __init__(
         self,
         *,
         environments_deleted: _builtins.int = ...,
         environments_pending: _builtins.int = ...,
+        environments_stored: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments_deleted", b"environments_deleted", "environments_pending", b"environments_pending"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments_deleted", b"environments_deleted", "environments_pending", b"environments_pending", "environments_stored", b"environments_stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -756,6 +786,8 @@ class Phase(_message.Message):
     HOOK_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    VALIDATION_SECONDS_FIELD_NUMBER: _builtins.int
     kind: Global___PhaseKind.ValueType
     elapsed_seconds: _builtins.float
     """Seconds since the daemon received the request, for every phase (the own
@@ -776,6 +808,17 @@ class Phase(_message.Message):
     set on HOOK_FINISHED and on the closing CREATING_ENVIRONMENT and
     INSTALLING_REQUIREMENTS phases.
     """
+    slot: _builtins.int
+    """On ENVIRONMENT_LEASED and ENVIRONMENT_ADOPTED: the environment's slot in
+    its principal's store (the last part of its path); -1 outside a store
+    (--no-store).
+    """
+    validation_seconds: _builtins.float
+    """On ENVIRONMENT_LEASED and ENVIRONMENT_ADOPTED: seconds spent validating
+    the environment (interpreter, marker file, every installed file's size
+    and mtime) before this lease; 0 when it was not validated (just created,
+    or leased again by the same source within a request).
+    """
     def __init__(
         self,
         *,
@@ -787,10 +830,12 @@ class Phase(_message.Message):
         hook: _builtins.str = ...,
         count: _builtins.int = ...,
         step_seconds: _builtins.float = ...,
+        slot: _builtins.int = ...,
+        validation_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed_seconds", b"elapsed_seconds", "environment_path", b"environment_path", "hook", b"hook", "key_id", b"key_id", "kind", b"kind", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed_seconds", b"elapsed_seconds", "environment_path", b"environment_path", "hook", b"hook", "key_id", b"key_id", "kind", b"kind", "slot", b"slot", "step_seconds", b"step_seconds", "validation_seconds", b"validation_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1102,6 +1147,11 @@ class DaemonInfo(_message.Message):
     MAX_ENVS_FIELD_NUMBER: _builtins.int
     MAX_ENVS_PER_KEY_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    STORE_ENABLED_FIELD_NUMBER: _builtins.int
+    STORE_SIZE_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    STORE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    STORE_BYTES_FIELD_NUMBER: _builtins.int
+    STORE_ENVIRONMENTS_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     version: _builtins.str
     """buildd's version."""
@@ -1118,6 +1168,24 @@ class DaemonInfo(_message.Message):
     max_envs_per_key: _builtins.int
     draining: _builtins.bool
     """True once a drain (SIGTERM) has begun."""
+    store_enabled: _builtins.bool
+    """Whether environments outlive sessions in per-principal stores (false
+    with --no-store).
+    """
+    store_size_limit_bytes: _builtins.int
+    """--store-size: the bytes the stores may take on disk, all principals
+    together; least recently used idle environments are evicted past it.
+    """
+    store_ttl_seconds: _builtins.float
+    """--store-ttl: seconds an idle stored environment is kept unused."""
+    store_bytes: _builtins.int
+    """Bytes on disk of the caller's store (an admin: of every store), as
+    counted against store_size_limit_bytes: each environment in full, hard
+    links included, plus the files of the installer cache no environment
+    links (docs/architecture.md, "Sizes on disk").
+    """
+    store_environments: _builtins.int
+    """Environments in the caller's store (an admin: in every store)."""
     def __init__(
         self,
         *,
@@ -1130,10 +1198,15 @@ class DaemonInfo(_message.Message):
         max_envs: _builtins.int = ...,
         max_envs_per_key: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        store_enabled: _builtins.bool = ...,
+        store_size_limit_bytes: _builtins.int = ...,
+        store_ttl_seconds: _builtins.float = ...,
+        store_bytes: _builtins.int = ...,
+        store_environments: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "store_bytes", b"store_bytes", "store_enabled", b"store_enabled", "store_environments", b"store_environments", "store_size_limit_bytes", b"store_size_limit_bytes", "store_ttl_seconds", b"store_ttl_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1154,6 +1227,10 @@ class EnvironmentInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    STORE_KEY_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Short unique id of this instance."""
     path: _builtins.str
@@ -1169,13 +1246,27 @@ class EnvironmentInfo(_message.Message):
     """Hook calls run in this instance so far."""
     created_at: _builtins.float
     last_used_at: _builtins.float
+    slot: _builtins.int
+    """Its slot in its principal's store: the path ends in
+    `<store_key_id>/<slot>`; -1 outside a store (--no-store).
+    """
+    size_bytes: _builtins.int
+    """Bytes it takes on disk, bytecode included, each file hard-linked from
+    the installer's cache counted in full; measured after each change.
+    """
+    principal: _builtins.str
+    """The principal whose store holds it (whose sessions may lease it)."""
+    store_key_id: _builtins.str
+    """The key it was created for, the folder it lives in; `key_id` differs
+    once dynamic requirements were installed into it. Empty outside a store.
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Installed build requirements, normalised and sorted."""
 
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Sources that have affinity to this instance."""
+        """Sources that have affinity to this instance (in this session)."""
 
     def __init__(
         self,
@@ -1191,10 +1282,14 @@ class EnvironmentInfo(_message.Message):
         created_at: _builtins.float = ...,
         last_used_at: _builtins.float = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
+        slot: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        principal: _builtins.str = ...,
+        store_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "hook_calls", b"hook_calls", "id", b"id", "interpreter", b"interpreter", "key_id", b"key_id", "last_used_at", b"last_used_at", "path", b"path", "python_version", b"python_version", "requirements", b"requirements", "sources", b"sources", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "hook_calls", b"hook_calls", "id", b"id", "interpreter", b"interpreter", "key_id", b"key_id", "last_used_at", b"last_used_at", "path", b"path", "principal", b"principal", "python_version", b"python_version", "requirements", b"requirements", "size_bytes", b"size_bytes", "slot", b"slot", "sources", b"sources", "state", b"state", "store_key_id", b"store_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1248,6 +1343,7 @@ class StatusResponse(_message.Message):
     SESSIONS_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     ADMIN_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     """The caller's principal as the daemon sees it."""
     admin: _builtins.bool
@@ -1260,6 +1356,13 @@ class StatusResponse(_message.Message):
         Other principals' sessions are left out, not even counted.
         """
 
+    @_builtins.property
+    def store(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreKeyStatus]:
+        """The caller's store (an admin sees every principal's), one entry per
+        principal and key folder, ordered by principal then key id. Empty with
+        --no-store.
+        """
+
     def __init__(
         self,
         *,
@@ -1267,14 +1370,111 @@ class StatusResponse(_message.Message):
         sessions: _abc.Iterable[Global___SessionStatus] | None = ...,
         principal: _builtins.str = ...,
         admin: _builtins.bool = ...,
+        store: _abc.Iterable[Global___StoreKeyStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["daemon", b"daemon"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "daemon", b"daemon", "principal", b"principal", "sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "daemon", b"daemon", "principal", b"principal", "sessions", b"sessions", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class StoreKeyStatus(_message.Message):
+    """The environments of one principal's store created for one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    HOOK_CALLS_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    """The principal the store belongs to."""
+    key_id: _builtins.str
+    """The key the environments were created for (their folder's name)."""
+    size_bytes: _builtins.int
+    """Bytes on disk of these environments together (see EnvironmentInfo)."""
+    last_used_at: _builtins.float
+    """When one of them was last released (Unix seconds)."""
+    hook_calls: _builtins.int
+    """Hook calls run in them, over their whole lives (across sessions)."""
+    @_builtins.property
+    def environments(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvironmentInfo]:
+        """One per slot, by slot number, with their state (IDLE, LEASED, CHECKING)."""
+
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        environments: _abc.Iterable[Global___EnvironmentInfo] | None = ...,
+        size_bytes: _builtins.int = ...,
+        last_used_at: _builtins.float = ...,
+        hook_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "hook_calls", b"hook_calls", "key_id", b"key_id", "last_used_at", b"last_used_at", "principal", b"principal", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreKeyStatus: _TypeAlias = StoreKeyStatus  # noqa: Y015
+
+@_typing.final
+class PruneStoreRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLDER_THAN_SECONDS_FIELD_NUMBER: _builtins.int
+    ALL_PRINCIPALS_FIELD_NUMBER: _builtins.int
+    older_than_seconds: _builtins.float
+    """Only environments unused for at least this many seconds; 0: every idle one."""
+    all_principals: _builtins.bool
+    """Every principal's store, not only the caller's: admins only."""
+    def __init__(
+        self,
+        *,
+        older_than_seconds: _builtins.float = ...,
+        all_principals: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_principals", b"all_principals", "older_than_seconds", b"older_than_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneStoreRequest: _TypeAlias = PruneStoreRequest  # noqa: Y015
+
+@_typing.final
+class PruneStoreResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENTS_REMOVED_FIELD_NUMBER: _builtins.int
+    BYTES_FREED_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_KEPT_FIELD_NUMBER: _builtins.int
+    environments_removed: _builtins.int
+    """Idle environments deleted."""
+    bytes_freed: _builtins.int
+    """Bytes they took (as counted in EnvironmentInfo.size_bytes)."""
+    environments_kept: _builtins.int
+    """Environments left in the store(s) pruned: leased, checked, or too recent."""
+    def __init__(
+        self,
+        *,
+        environments_removed: _builtins.int = ...,
+        bytes_freed: _builtins.int = ...,
+        environments_kept: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_freed", b"bytes_freed", "environments_kept", b"environments_kept", "environments_removed", b"environments_removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneStoreResponse: _TypeAlias = PruneStoreResponse  # noqa: Y015
 
 @_typing.final
 class FindMissingBlobsRequest(_message.Message):
