@@ -46,6 +46,9 @@ log = structlog.get_logger("buildd.environments")
 METADATA_FILE = "buildd-env.json"
 # While an install changes the instance, the marker waits under this name.
 _OFF = METADATA_FILE + ".off"
+# Present while a request holds the instance: one found at start was leased
+# when the daemon died, so its state is unknown (rule 5).
+LEASE_FILE = "buildd-lease"
 _FORMAT = 2
 
 
@@ -378,6 +381,28 @@ class EnvironmentFactory:
                 self.on_resized(env)
 
         self.compiler.start(env.id, env.python, env.site_packages, backend, on_done=done)
+
+
+def mark_leased(env: Environment) -> None:
+    """Record on disk that a request holds ``env`` (see LEASE_FILE).
+
+    Raises ResourceExhausted when the disk is too full to create even that
+    empty file; the instance is untouched then.
+    """
+    try:
+        (env.path / LEASE_FILE).touch()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise errors.ResourceExhausted(
+                f"no space left on device to lease environment {env.path}: {exc}",
+                path=str(env.path),
+            ) from exc
+        raise errors.BuilddError(f"cannot lease environment {env.path}: {exc}") from exc
+
+
+def unmark_leased(env: Environment) -> None:
+    with contextlib.suppress(OSError):
+        (env.path / LEASE_FILE).unlink()
 
 
 def _marker_matches(env: Environment) -> bool:

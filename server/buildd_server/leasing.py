@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from . import errors, zygotes
-from .environments import Placement
+from .environments import Placement, mark_leased, unmark_leased
 from .events import Emit, Log, Phase
 from .hooks import Hooks
 from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
@@ -278,6 +278,12 @@ class RequestContext:
         """Lease an environment for a sequence of hook calls; discard it on doubt (rule 5)."""
         lease = self.leaser.lease(self)
         env = lease.instance
+        if env.in_store:
+            try:
+                mark_leased(env)
+            except BaseException:
+                lease.release()  # nothing ran in it: it stays as it was
+                raise
         self.emit(
             Phase(
                 "environment_leased",
@@ -321,8 +327,10 @@ class RequestContext:
             else:
                 self.state.environment = env
             env.last_used_at = time.time()
-            if not discard and env.in_store:
-                self.leaser.store.remember(env, self.request.source)
+            if env.in_store:
+                unmark_leased(env)
+                if not discard:
+                    self.leaser.store.remember(env, self.request.source)
             lease.release(discard=discard)
 
 

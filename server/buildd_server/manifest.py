@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 # Written by buildd itself, not by the installer: the marker is checked on its
 # own, the fork server's empty working folder comes and goes.
-OWN_FILES = frozenset({"buildd-env.json", "buildd-env.json.tmp", "buildd-env.json.off", ".zygote"})
+OWN_FILES = frozenset(
+    {"buildd-env.json", "buildd-env.json.tmp", "buildd-env.json.off", "buildd-lease", ".zygote"}
+)
 _CACHE = "__pycache__"
 
 

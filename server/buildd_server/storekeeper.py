@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from . import manifest
+from .environments import LEASE_FILE
 from .store import principal_dir_name
 
 if TYPE_CHECKING:
@@ -114,6 +115,8 @@ class StoreKeeper:
             env = self.factory.load(found.path, owner="") if found.complete else None
             if (
                 env is None
+                # Leased when the daemon died: whatever ran in it may have changed it.
+                or (found.path / LEASE_FILE).exists()
                 or principal_dir_name(env.principal) != found.principal_dir.name
                 or env.path != found.principal_dir / env.key_dir / str(env.slot)
                 or not self.store.reserve(env)

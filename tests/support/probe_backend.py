@@ -58,9 +58,20 @@ def _record(hook, started, **extra):
         # What a previous hook call set in its own environment: None unless
         # two calls shared one process.
         "inherited_marker": inherited,
+        # Which instance ran the call: paths are stable (the store reuses a
+        # slot's path for a new instance), the marker's id is not.
+        "instance": _instance_id(),
     }
     entry.update(extra)
     _append(config["log"], entry)
+
+
+def _instance_id():
+    try:
+        with open(os.path.join(sys.prefix, "buildd-env.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("id")
+    except (OSError, ValueError):
+        return None
 
 
 def _append(path, entry):
