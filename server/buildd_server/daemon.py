@@ -185,7 +185,8 @@ class Daemon:
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
         if self.config.store:
-            self.keeper.start()
+            # Often enough that an idle instance outlives --store-ttl by at most a quarter.
+            self.keeper.start(min(30.0, max(0.2, self.config.store_ttl / 4)))
         log.info(
             "daemon_started",
             address=self.address.target,

@@ -70,6 +70,8 @@ class Dispatcher(Generic[K, T]):
         self._ended: set[str] = set()
         self._seq = itertools.count()
         self._use = itertools.count()
+        # Recency of instances added idle (adopted at start): before any use.
+        self._added = itertools.count(-(1 << 62))
 
     # ------------------------------------------- calls that never wait --
 
@@ -96,15 +98,15 @@ class Dispatcher(Generic[K, T]):
     def add_idle(self, owner: str, key: K, instance: T, *, idle_for: float = 0.0) -> None:
         """Put an existing instance (found on disk at start) into the pool, idle.
 
-        ``idle_for`` is how long it has been unused, so that age-based
-        eviction and least-recently-used order treat it like any other.
+        ``idle_for`` is how long it has been unused, for age-based eviction.
+        Add them least recently used first: in recency order they come in the
+        order added, and before every instance used since the pool began.
         """
         with self._cond:
             if id(instance) in self._entries:
                 raise ValueError(f"{instance!r} is already in the pool")
-            entry = Entry(owner, key, instance, False, self._clock() - idle_for, 0)
-            # Older instances come first in recency order, whatever the order of adding.
-            entry.order = -1 - len(self._entries)
+            order = next(self._added)
+            entry = Entry(owner, key, instance, False, self._clock() - idle_for, order)
             self._entries[id(instance)] = entry
             self._changed()
 

@@ -212,7 +212,7 @@ class EnvironmentFactory:
             files=found.files,
             size_bytes=found.size_bytes,
         )
-        self._compile(env, backend)
+        self.compile(env, backend)
         return env
 
     def install(
@@ -243,7 +243,7 @@ class EnvironmentFactory:
             if mapped is exc:
                 raise
             raise mapped from exc
-        self._compile(env, "")
+        self.compile(env)
 
     # ---------------------------------------------------------- validate --
 
@@ -371,7 +371,9 @@ class EnvironmentFactory:
             )
         emit(_ended(phase, started))
 
-    def _compile(self, env: Environment, backend: str) -> None:
+    def compile(self, env: Environment, backend: str = "") -> None:
+        """Compile ``env``'s bytecode in the background (what is compiled already is skipped)."""
+
         def done(finished: bool) -> None:
             if not finished:
                 return

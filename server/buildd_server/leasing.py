@@ -332,6 +332,8 @@ class RequestContext:
                 if not discard:
                     self.leaser.store.remember(env, self.request.source)
             lease.release(discard=discard)
+            if self.leaser.keeper is not None:
+                self.leaser.keeper.released()
 
 
 def _still_fits(env: Environment, key: EnvKey) -> bool:

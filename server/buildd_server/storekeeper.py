@@ -85,6 +85,8 @@ class StoreKeeper:
         # Caches an invalid instance may have reached through a hard link.
         self._suspect: set[str] = set()
         self._unchecked: list[Environment] = []
+        # Over --store-size after the last round (all that is left is leased).
+        self._over = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,8 +111,9 @@ class StoreKeeper:
         Returns (kept, removed). Kept instances are checked in full by the
         background thread soon after, and on every borrow anyway.
         """
-        kept = removed = 0
+        removed = 0
         now = time.time()
+        adopted: list[Environment] = []
         for found in self.store.scan():
             env = self.factory.load(found.path, owner="") if found.complete else None
             if (
@@ -128,13 +131,17 @@ class StoreKeeper:
             recorded = self.store.recorded_use(env)
             if recorded is not None:
                 env.last_used_at, env.hook_calls = recorded
+            adopted.append(env)
+        # Least recently used first: the pool keeps their recency in that order.
+        adopted.sort(key=lambda env: env.last_used_at)
+        for env in adopted:
             self.pool.add_idle(
                 env.principal, env.key, env, idle_for=max(0.0, now - env.last_used_at)
             )
-            with self._lock:
-                self._unchecked.append(env)
-                self._measure.add(env.principal)
-            kept += 1
+        with self._lock:
+            self._unchecked.extend(adopted)
+            self._measure.update(env.principal for env in adopted)
+        kept = len(adopted)
         if kept:
             self.metrics.store_adoptions.labels(when="restart").inc(kept)
         log.info("store_adopted", kept=kept, removed=removed, root=str(self.store.root))
@@ -185,10 +192,18 @@ class StoreKeeper:
             if entry.state == "idle" and self.pool.discard_idle(entry.instance):
                 total -= entry.instance.size_bytes
                 self._evicted(entry.instance, "size")
-        if total > self.max_bytes:
-            # Instances are all in use or gone: the caches are what is left.
-            with self._lock:
+        with self._lock:
+            caches = sum(self._cache_bytes.values())
+            # Still over: leased instances (evicted once released, see released()),
+            # or the installer caches, cleared when the instances alone fit.
+            self._over = total > self.max_bytes
+            if self._over and total - caches <= self.max_bytes:
                 self._suspect.update(self._cache_bytes)
+
+    def released(self) -> None:
+        """An instance went back idle: if the store is over its size, evict now."""
+        if self._over:
+            self._wake.set()
 
     def prune(self, principal: str | None, older_than: float | None) -> tuple[int, int, int]:
         """Remove idle instances (of one principal, or all): (removed, bytes freed, kept)."""
@@ -250,7 +265,13 @@ class StoreKeeper:
             lease = self.pool.try_lease(env, party=CHECK_PARTY)
             if lease is None:
                 continue  # leased meanwhile: its borrow validated it
-            lease.release(discard=not self.validate(env, "adoption"))
+            valid = self.validate(env, "adoption")
+            if valid:
+                # The marker's size was taken before the bytecode; and a
+                # compile stopped with the last daemon goes on where it was.
+                env.size_bytes = manifest.survey(str(env.path)).size_bytes
+                self.factory.compile(env)
+            lease.release(discard=not valid)
 
     def _measure_caches(self) -> None:
         with self._lock:
