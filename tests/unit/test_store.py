@@ -299,3 +299,35 @@ def test_a_compile_can_be_stopped_and_waited_for(tmp_path: Path) -> None:
     compiler.stop_all()
     compiler.start("e2", Path(sys.executable), site)  # refused after stop_all
     assert not compiler.running("e2")
+
+
+# ------------------------------------------------------------------- flags --
+
+
+def test_store_flags_and_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildd_server.cli import config_from_args
+
+    default = config_from_args(["--state-dir", "/tmp/x"])
+    assert (default.store, default.store_size, default.store_ttl) == (True, 5 << 30, 7 * 86400.0)
+    given = config_from_args(
+        ["--state-dir", "/tmp/x", "--store-size", "1.5G", "--store-ttl", "12h"]
+    )
+    assert (given.store_size, given.store_ttl) == (int(1.5 * (1 << 30)), 43200.0)
+    monkeypatch.setenv("BUILDD_NO_STORE", "1")
+    monkeypatch.setenv("BUILDD_STORE_TTL", "2w")
+    from_env = config_from_args(["--state-dir", "/tmp/x"])
+    assert (from_env.store, from_env.store_ttl) == (False, 14 * 86400.0)
+
+
+@pytest.mark.parametrize(
+    "bad", [["--store-ttl", "soon"], ["--store-ttl", "0"], ["--store-size", "0"]]
+)
+def test_bad_store_flags_are_usage_errors(
+    bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from buildd_server.cli import config_from_args
+
+    with pytest.raises(SystemExit) as stopped:
+        config_from_args(["--state-dir", "/tmp/x", *bad])
+    assert stopped.value.code == 2
+    assert "--store-" in capsys.readouterr().err
