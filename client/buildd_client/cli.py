@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_build_options(metadata)
     metadata.add_argument("--json", action="store_true", help="print a JSON object (PEP 566)")
+    metadata.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep watching SRC: print the metadata again each time it changes (Ctrl-C ends); "
+        "with --json one JSON object per line",
+    )
     metadata.set_defaults(handler=_metadata)
 
     build = commands.add_parser(
@@ -377,6 +383,10 @@ def _python(args: argparse.Namespace) -> str | None:
 
 
 def _metadata(args: argparse.Namespace) -> int:
+    if args.watch:
+        from buildd_client._watching import watch_metadata
+
+        return watch_metadata(args, _client(args, autostart=True), _session, _python(args))
     import json
 
     from buildd_client._uploads import packed_source, run_call

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from buildd_client.remote import PackedSource
+    from buildd_client.watch import Watch
 
 __all__ = ["Client", "ConfigSettings", "Session", "resolve_address"]
 
@@ -154,7 +155,7 @@ class Client:
         return Session(self, info)
 
     def join_session(self, session_id: str) -> Session:
-        """Join an existing session; RequestFailed (SESSION_NOT_FOUND) when it has ended."""
+        """Join an existing session; RequestFailed (``session_gone``) when ended or unknown."""
         info = self._unary(self._stub.JoinSession, pb.JoinSessionRequest(session_id=session_id))
         return Session(self, info)
 
@@ -172,7 +173,7 @@ class Client:
                 try:
                     return self.join_session(session_id)
                 except RequestFailed as exc:
-                    if exc.kind != pb.FAILURE_KIND_SESSION_NOT_FOUND:
+                    if not exc.session_gone:
                         raise
             session = self.open_session(client_name)
             stored[self.address.target] = session.id
@@ -201,7 +202,7 @@ class Client:
                 self._stub.CloseSession, pb.CloseSessionRequest(session_id=session_id)
             )
         except RequestFailed as exc:
-            if exc.kind == pb.FAILURE_KIND_SESSION_NOT_FOUND:
+            if exc.session_gone:
                 self.forget_default_session(session_id)
             raise
         self.forget_default_session(session_id)
@@ -229,6 +230,11 @@ class Client:
                 raise DaemonUnavailable(f"no buildd daemon answers at {self.address}") from exc
             return False
         return status == _SERVING
+
+    def interpreters(self) -> list[pb.InterpreterInfo]:
+        """The interpreters the daemon can build with, and where it found each."""
+        response = self._unary(self._stub.ListInterpreters, pb.ListInterpretersRequest())
+        return list(response.interpreters)
 
     def prune_store(
         self, older_than: float = 0.0, *, all_principals: bool = False
@@ -304,6 +310,7 @@ class Session:
         python: str | None,
         config_settings: ConfigSettings | None,
         quiet: bool,
+        no_cache: bool = False,
     ) -> pb.BuildContext:
         text = os.fspath(source)
         if text.startswith("sha256:"):
@@ -320,6 +327,7 @@ class Session:
             python=default_python if python is None else python,
             config_settings=_config_settings(config_settings),
             quiet=quiet,
+            no_cache=no_cache,
         )
 
     def get_requires(
@@ -331,10 +339,15 @@ class Session:
         python: str | None = None,
         quiet: bool = False,
         timeout: float | None = None,
+        no_cache: bool = False,
     ) -> Call[pb.RequiresResult]:
-        """Static and dynamic build requirements of ``source`` (wheel, sdist or editable)."""
+        """Static and dynamic build requirements of ``source`` (wheel, sdist or editable).
+
+        An unchanged source is answered from the daemon's cache (``cached`` in
+        the result); ``no_cache`` runs the hook all the same.
+        """
         request = pb.GetRequiresRequest(
-            context=self._context(source, python, config_settings, quiet),
+            context=self._context(source, python, config_settings, quiet, no_cache),
             distribution=_distribution(distribution, ("wheel", "sdist", "editable")),
         )
         rpc = self._client.stub.GetRequires(request, timeout=timeout)
@@ -349,14 +362,42 @@ class Session:
         python: str | None = None,
         quiet: bool = False,
         timeout: float | None = None,
+        no_cache: bool = False,
     ) -> Call[pb.MetadataResult]:
-        """Prepare the core metadata of ``source`` (wheel or editable)."""
+        """Prepare the core metadata of ``source`` (wheel or editable).
+
+        An unchanged source is answered from the daemon's cache without running
+        a hook (``cached`` in the result); ``no_cache`` runs the hooks all the same.
+        """
         request = pb.PrepareMetadataRequest(
-            context=self._context(source, python, config_settings, quiet),
+            context=self._context(source, python, config_settings, quiet, no_cache),
             distribution=_distribution(distribution, ("wheel", "editable")),
         )
         rpc = self._client.stub.PrepareMetadata(request, timeout=timeout)
         return Call(rpc, "metadata", lambda result: result.metadata)
+
+    def watch_metadata(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        python: str | None = None,
+        config_settings: ConfigSettings | None = None,
+        distribution: str = "wheel",
+    ) -> Watch:
+        """Watch the core metadata of the project directory ``source``.
+
+        The daemon sends the current metadata, then new metadata each time a
+        change of the tree changes it, and a failure each time preparing fails
+        (the watch goes on). Iterate the returned handle, or ``get(timeout)``;
+        ``cancel()`` ends the watch. The watch holds the session open.
+        """
+        from buildd_client.watch import Watch
+
+        request = pb.WatchMetadataRequest(
+            context=self._context(source, python, config_settings, quiet=True),
+            distribution=_distribution(distribution, ("wheel", "editable")),
+        )
+        return Watch(self._client.stub.WatchMetadata(request))
 
     def build(
         self,
@@ -369,12 +410,14 @@ class Session:
         python: str | None = None,
         quiet: bool = False,
         timeout: float | None = None,
+        no_cache: bool = False,
     ) -> Call[pb.BuildResult]:
         """Build ``distributions`` of ``source``, in order, into ``output_directory``.
 
         ``wheel_from_sdist`` defaults to True exactly when an sdist comes
         before the wheel (what ``python -m build`` does); ``output_directory``
-        defaults to the daemon's choice, ``<source>/dist``.
+        defaults to the daemon's choice, ``<source>/dist``. ``get_requires_for_build_*``
+        is answered from the daemon's cache for an unchanged source unless ``no_cache``.
         """
         if isinstance(distributions, str) or not distributions:
             raise ValueError(f"distributions must be a non-empty sequence, got {distributions!r}")
@@ -387,7 +430,7 @@ class Session:
                 and names.index("sdist") < names.index("wheel")
             )
         request = pb.BuildRequest(
-            context=self._context(source, python, config_settings, quiet),
+            context=self._context(source, python, config_settings, quiet, no_cache),
             distributions=kinds,
             wheel_from_sdist=wheel_from_sdist,
             output_directory=(

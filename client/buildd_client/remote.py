@@ -257,10 +257,10 @@ def _download_one(
     try:
         with os.fdopen(fd, "wb") as handle:
             received, digest = _receive(stream, handle, name, artifact)
-        if received != artifact.size or digest != artifact.sha256:
+        if received != size_of(artifact) or digest != digest_of(artifact):
             raise _corrupt(
-                f"{name}: received {received} bytes with SHA-256 {digest}; the build reported "
-                f"{artifact.size} bytes with SHA-256 {artifact.sha256}"
+                f"{name}: received {received} bytes with digest {digest}; the build reported "
+                f"{size_of(artifact)} bytes with digest {digest_of(artifact)}"
             )
         final = folder / name
         os.replace(temporary, final)
@@ -284,10 +284,10 @@ def _receive(
     for message in stream:
         if message.WhichOneof("payload") == "header":
             header = message.header
-            if header.filename != name or header.sha256 != artifact.sha256:
+            if header.filename != name or digest_of(header) != digest_of(artifact):
                 raise _corrupt(
-                    f"{name}: the download announced {header.filename!r} with SHA-256 "
-                    f"{header.sha256}, not the artifact the build reported"
+                    f"{name}: the download announced {header.filename!r} with digest "
+                    f"{digest_of(header)}, not the artifact the build reported"
                 )
             continue
         if header is None:
@@ -297,7 +297,17 @@ def _receive(
         handle.write(message.chunk)
     if header is None:
         raise _corrupt(f"{name}: the download ended without a header")
-    return received, hasher.hexdigest()
+    return received, f"sha256:{hasher.hexdigest()}"
+
+
+def digest_of(artifact: pb.Artifact | pb.ArtifactHeader) -> str:
+    """``sha256:<hex>`` of an artifact; from the bare ``sha256`` of an older daemon."""
+    return artifact.digest or f"sha256:{artifact.sha256}"
+
+
+def size_of(artifact: pb.Artifact | pb.ArtifactHeader) -> int:
+    """Size in bytes of an artifact; from ``size`` of an older daemon."""
+    return artifact.size_bytes or artifact.size
 
 
 def _corrupt(message: str) -> RequestFailed:

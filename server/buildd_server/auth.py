@@ -4,8 +4,8 @@ A daemon with ``--token-file`` knows one principal per token. Every call but
 health checking and reflection must carry ``authorization: Bearer <token>``;
 the interceptor answers UNAUTHENTICATED before the servicer runs otherwise.
 The servicer then asks ``Authenticator.principal(context)`` who the caller is
-(the interceptor runs on gRPC's polling thread and the servicer on a worker
-thread, so nothing is handed over between them: the servicer reads the
+(an interceptor sees only the method and the metadata, not the call's
+context, so nothing is handed over between them: the servicer reads the
 metadata again). Tokens are compared as SHA-256 digests with
 ``hmac.compare_digest`` against every entry, so the time taken says nothing
 about which token, or how much of one, matched.
@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import grpc.aio
 import structlog
 
 from . import errors
+from .error_details import status_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from buildd_client.addresses import Address
 
@@ -219,7 +221,7 @@ class Authenticator:
             return Principal(LOCAL, remote=False, admin=True)
         return Principal(ANONYMOUS, remote=True, admin=False)
 
-    def principal(self, context: grpc.ServicerContext) -> Principal:
+    def principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The caller of the RPC behind ``context``; Unauthenticated when unknown."""
         who = self.identify(context.invocation_metadata(), context.peer())
         if who is None:
@@ -242,7 +244,7 @@ class Authenticator:
             path=path,
         )
 
-    def interceptor(self) -> grpc.ServerInterceptor:
+    def interceptor(self) -> grpc.aio.ServerInterceptor:
         return _TokenInterceptor(self)
 
 
@@ -255,24 +257,26 @@ def _refusal(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     return "the bearer token was not accepted by this daemon"
 
 
-class _TokenInterceptor(grpc.ServerInterceptor):
+class _TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a known token before any servicer code runs."""
 
     def __init__(self, auth: Authenticator) -> None:
         self._auth = auth
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method: str = handler_call_details.method
         if not self._auth.tokens_configured or method.startswith(OPEN_SERVICES):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         metadata: Any = handler_call_details.invocation_metadata
         if self._auth.match(bearer_token(metadata)) is not None:
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         message = _refusal(metadata)
@@ -285,8 +289,9 @@ def _refusing(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
 
-    def refuse(_request: object, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def refuse(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        status = status_of(errors.Unauthenticated(message))
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     deserialize = handler.request_deserializer
     serialize = handler.response_serializer

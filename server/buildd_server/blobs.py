@@ -40,7 +40,8 @@ from . import errors
 from .sources import unpack_sdist
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
+    from typing import BinaryIO
 
     from .config import SourceLimits
     from .requests import SourceState
@@ -155,6 +156,23 @@ class BlobStore:
         The bytes go to a temporary file as they come; nothing but the current
         chunk is held in memory.
         """
+        upload = self.begin(digest, size)
+        if upload is None:
+            return False
+        try:
+            for chunk in chunks:
+                upload.write(chunk)
+            return upload.finish()
+        finally:
+            upload.discard()
+
+    def begin(self, digest: str, size: int) -> Upload | None:
+        """An upload of ``digest`` to feed chunk by chunk; None when it is cached already.
+
+        Nothing waits between chunks: the caller (an RPC on the event loop)
+        hands each chunk over as it arrives, and ``discard``s the upload when
+        the stream breaks.
+        """
         name = parse_digest(digest, "header.digest")
         if size < 0:
             raise errors.InvalidRequest(f"header.size_bytes: {size} is negative")
@@ -166,62 +184,32 @@ class BlobStore:
         with self._lock:
             if name in self._entries:
                 self._touch(name)
-                return False
-        temporary = self._tmp / f"upload-{uuid.uuid4().hex}"
-        try:
-            self._write(temporary, digest, size, chunks)
-            with self._lock:
-                if name in self._entries:  # a concurrent upload of the same bytes won
-                    self._touch(name)
-                    return False
-                os.replace(temporary, self.root / name)
-                self._entries[name] = size
-                self._total += size
-                self._evict_to(self.capacity, keep=name)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-        return True
+                return None
+        return Upload(self, name, digest, size, self._tmp / f"upload-{uuid.uuid4().hex}")
 
-    def _write(self, temporary: Path, digest: str, size: int, chunks: Iterable[bytes]) -> None:
-        hasher = hashlib.sha256()
-        received = 0
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for chunk in chunks:
-                    received += len(chunk)
-                    if received > size:
-                        raise errors.InvalidRequest(
-                            f"chunk: more bytes than the {size} announced in header.size_bytes"
-                        )
-                    hasher.update(chunk)
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise errors.ResourceExhausted(f"{self.root}: no space left for uploads") from exc
-            raise
-        if received != size:
-            raise errors.InvalidRequest(
-                f"the upload ended after {received} bytes, header.size_bytes announced {size}"
-            )
-        actual = f"sha256:{hasher.hexdigest()}"
-        if actual != digest:
-            raise errors.InvalidRequest(
-                f"the uploaded bytes have the digest {actual}, header.digest announced {digest}"
-            )
+    def _commit(self, name: str, temporary: Path, size: int) -> bool:
+        """Rename a complete, verified upload into the cache; False when one won the race."""
+        with self._lock:
+            if name in self._entries:  # a concurrent upload of the same bytes won
+                self._touch(name)
+                return False
+            os.replace(temporary, self.root / name)
+            self._entries[name] = size
+            self._total += size
+            self._evict_to(self.capacity, keep=name)
+        return True
 
     def unpack(self, digest: str, dest: Path) -> Path:
         """Unpack the blob into the new folder ``dest``; return the project's root."""
-        name = parse_digest(digest, "source.digest")
+        name = parse_digest(digest, "context.source.digest")
         with self._lock:
             if name not in self._entries:
-                raise errors.SourceNotFound(
-                    f"source.digest: {digest} is not in the daemon's cache (never uploaded, "
-                    "or evicted since): upload it again",
+                raise errors.BlobNotFound(
+                    f"context.source.digest: {digest} is not in the daemon's cache (never "
+                    "uploaded, or evicted since): upload it again",
                     path=digest,
+                    field="context.source.digest",
+                    metadata={"digest": digest},
                 )
             self._touch(name)
             self._pins[name] = self._pins.get(name, 0) + 1
@@ -256,3 +244,76 @@ class BlobStore:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / name).unlink()
             log.info("blob_evicted", digest=f"sha256:{name[:12]}", bytes=size)
+
+
+class Upload:
+    """One upload in progress: hashed and counted into a temporary file as chunks come.
+
+    The file is opened with the first chunk, so an upload that stalls after
+    its header holds no file descriptor.
+    """
+
+    def __init__(self, store: BlobStore, name: str, digest: str, size: int, path: Path) -> None:
+        self._store = store
+        self._name = name
+        self._digest = digest
+        self._size = size
+        self._path = path
+        self._hasher = hashlib.sha256()
+        self._received = 0
+        self._handle: BinaryIO | None = None
+
+    def write(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._size:
+            raise errors.InvalidRequest(
+                f"chunk: more bytes than the {self._size} announced in header.size_bytes"
+            )
+        self._hasher.update(chunk)
+        with self._disk_errors():
+            self._open().write(chunk)
+
+    def finish(self) -> bool:
+        """Check size and digest, then store; False when the blob was cached meanwhile."""
+        if self._received != self._size:
+            raise errors.InvalidRequest(
+                f"the upload ended after {self._received} bytes, header.size_bytes announced "
+                f"{self._size}"
+            )
+        actual = f"sha256:{self._hasher.hexdigest()}"
+        if actual != self._digest:
+            raise errors.InvalidRequest(
+                f"the uploaded bytes have the digest {actual}, header.digest announced "
+                f"{self._digest}"
+            )
+        with self._disk_errors():
+            handle = self._open()  # opened here for an empty archive
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        return self._store._commit(self._name, self._path, self._size)
+
+    def _open(self) -> BinaryIO:
+        if self._handle is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            self._handle = os.fdopen(os.open(self._path, flags, 0o600), "wb")
+        return self._handle
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (nothing left after ``finish``)."""
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                self._handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+    @contextlib.contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise errors.ResourceExhausted(
+                    f"{self._store.root}: no space left for uploads"
+                ) from exc
+            raise

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from buildd import __version__
 
-from .config import Config, InstallerOptions, SourceLimits
+from .config import Config, InstallerOptions, PrincipalCaps, SourceLimits
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -176,6 +176,26 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cap_options(parser: argparse.ArgumentParser) -> None:
+    """What one principal may hold at once (docs/configuration.md#per-principal-caps)."""
+    group = parser.add_argument_group("per-principal caps (see docs/configuration.md)")
+    caps = PrincipalCaps()
+    for name, what in (
+        ("streams", "streaming calls (KeepAlive, metadata, builds, uploads, downloads, watches)"),
+        ("sessions", "open sessions"),
+        ("uploads", "UploadBlob calls in flight"),
+        ("watches", "WatchMetadata streams"),
+    ):
+        default = getattr(caps, name)
+        group.add_argument(
+            f"--max-{name}-per-principal",
+            type=int,
+            default=int(_env(f"MAX_{name.upper()}_PER_PRINCIPAL", str(default))),
+            metavar="N",
+            help=f"{what} one principal may have at once (default: {default})",
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="buildd-server",
@@ -208,6 +228,13 @@ def _parser() -> argparse.ArgumentParser:
         default=int(_env("MAX_ENVS_PER_KEY", "4")),
         metavar="N",
         help="environments per key in one session (default: 4)",
+    )
+    parser.add_argument(
+        "--max-watches-per-session",
+        type=int,
+        default=int(_env("MAX_WATCHES_PER_SESSION", "64")),
+        metavar="N",
+        help="open WatchMetadata streams per session (default: 64)",
     )
     parser.add_argument(
         "--max-envs",
@@ -297,6 +324,7 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a non-loopback TCP address without TLS and tokens",
     )
     _add_remote_options(parser)
+    _add_cap_options(parser)
     return parser
 
 
@@ -323,7 +351,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
     for name in ("session_ttl", "hook_timeout"):
         if getattr(args, name) <= 0:
             _parser().error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("max_envs_per_key", "max_envs"):
+    for name in ("max_envs_per_key", "max_envs", "max_watches_per_session"):
         if getattr(args, name) < 1:
             _parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if args.blob_cache_size < 1 or args.max_source_size < 1 or args.max_source_files < 1:
@@ -332,6 +360,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error("--max-source-ratio must be at least 1")
     if args.store_size < 1 or args.store_ttl <= 0:
         parser.error("--store-size and --store-ttl must be positive")
+    for name in ("streams", "sessions", "uploads", "watches"):
+        if getattr(args, f"max_{name}_per_principal") < 1:
+            parser.error(f"--max-{name}-per-principal must be at least 1")
     if args.grace < 0 or args.idle_timeout < 0:
         _parser().error("--grace and --idle-timeout must not be negative")
     find_links = tuple(
@@ -343,6 +374,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         session_ttl=args.session_ttl,
         max_envs_per_key=args.max_envs_per_key,
         max_envs=args.max_envs,
+        max_watches_per_session=args.max_watches_per_session,
         hook_timeout=args.hook_timeout,
         installer=args.installer,
         installer_options=InstallerOptions(
@@ -372,6 +404,12 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             max_bytes=args.max_source_size,
             max_files=args.max_source_files,
             max_ratio=args.max_source_ratio,
+        ),
+        caps=PrincipalCaps(
+            streams=args.max_streams_per_principal,
+            sessions=args.max_sessions_per_principal,
+            uploads=args.max_uploads_per_principal,
+            watches=args.max_watches_per_principal,
         ),
     )
 

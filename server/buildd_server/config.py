@@ -45,6 +45,25 @@ class SourceLimits:
 
 
 @dataclass(frozen=True)
+class PrincipalCaps:
+    """What one principal may hold at once; beyond a cap, RESOURCE_EXHAUSTED naming it.
+
+    The defaults leave room for a fleet of about a hundred CI agents sharing one
+    token (docs/configuration.md#per-principal-caps says why each is what it is).
+    """
+
+    # Streaming calls at once: KeepAlive, GetRequires, PrepareMetadata, Build,
+    # UploadBlob, DownloadArtifact, WatchMetadata.
+    streams: int = 512
+    # Sessions open at once (closed or expired ones do not count).
+    sessions: int = 1024
+    # UploadBlob calls in flight (each may hold a temporary file open).
+    uploads: int = 64
+    # WatchMetadata streams at once.
+    watches: int = 256
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of one daemon; see docs/configuration.md."""
 
@@ -61,8 +80,9 @@ class Config:
     idle_timeout: float = 0.0
     log_format: Literal["console", "json", "auto"] = "auto"
     log_level: str = "info"
-    # Worker threads of the gRPC server (each streaming call holds one).
-    max_workers: int = 128
+    # Threads for the blocking part of unary calls and of upload/download chunks;
+    # streams wait on the event loop and long calls run in threads of their own.
+    max_workers: int = 32
     # Allow plain TCP on a non-loopback address.
     insecure: bool = False
     # HOST:PORT for Prometheus metrics over HTTP; empty: none.
@@ -90,3 +110,6 @@ class Config:
     # environment is kept unused.
     store_size: int = 5 << 30
     store_ttl: float = 7 * 86400.0
+    caps: PrincipalCaps = field(default_factory=PrincipalCaps)
+    # Open WatchMetadata streams per session (watches.py).
+    max_watches_per_session: int = 64

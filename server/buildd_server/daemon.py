@@ -3,11 +3,21 @@
 Start-up order matters: the state-dir lock is taken first, so a second daemon
 on the same folder stops before touching anything; only then are the orphans
 of a crashed run deleted (nobody else can be using them) and the address bound.
+
+Threads: the main thread runs the lifecycle, top to bottom (start, wait for
+a signal, the Shutdown RPC or the idle timeout, drain, clean up), and blocks
+wherever that is simplest. The gRPC server (``grpc.aio``) runs on an event
+loop in a thread of its own, ``buildd-grpc``, so it keeps answering (health
+NOT_SERVING, status) while the main thread waits out a drain; the main thread
+hands it work with ``EventLoopThread.call``. Long calls run in worker threads of
+their own, short blocking work in the ``buildd-blocking`` executor
+(``wire/streams.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -21,9 +31,9 @@ from typing import TYPE_CHECKING
 
 import filelock
 import grpc
+import grpc.aio
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
@@ -35,25 +45,31 @@ from .bytecode import COMPILER
 from .environments import Environment, EnvironmentFactory
 from .errors import DaemonStartupError
 from .installers import select_installer
+from .metrics import Metrics
 from .pool import Pool
+from .reflection import enable_reflection
 from .service import BuildService
-from .servicer import Servicer
 from .sessions import Session, SessionRegistry
 from .store import Store
 from .storekeeper import StoreKeeper
-from .transfers import Transfers
+from .wire.limits import TRANSPORT_LIMIT, Limits
+from .wire.servicer import Servicer
+from .wire.streams import Blocking, EventLoopThread
+from .wire.transfers import Transfers
 
 if TYPE_CHECKING:
     from types import FrameType
 
     from .config import Config
     from .keys import EnvKey
-from .metrics import Metrics
 
 log = structlog.get_logger("buildd.daemon")
 
 SERVICE_NAME = buildd_pb2.DESCRIPTOR.services_by_name["Buildd"].full_name
-_MAX_MESSAGE = 64 * 1024 * 1024
+# Replies may be large (a METADATA file); requests are bounded per RPC (wire/limits.py).
+_MAX_SEND = 64 * 1024 * 1024
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Daemon:
@@ -63,10 +79,12 @@ class Daemon:
         self.config = config
         self.address = parse_address(config.address or default_address())
         self._lock: filelock.BaseFileLock | None = None
-        self._server: grpc.Server | None = None
+        self._server: grpc.aio.Server | None = None
+        self._events: EventLoopThread | None = None
+        self._blocking: futures.ThreadPoolExecutor | None = None
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
-        self._health = health.HealthServicer()
+        self._health = health.aio.HealthServicer()
         self._grace: float | None = None
         self.metrics_port = 0
 
@@ -141,6 +159,11 @@ class Daemon:
         if self.config.store:
             # Before serving: a request must never meet an instance twice.
             self.keeper.adopt()
+        self._blocking = futures.ThreadPoolExecutor(
+            max_workers=self.config.max_workers, thread_name_prefix="buildd-blocking"
+        )
+        blocking = Blocking(self._blocking)
+        self.limits = Limits(self.config.caps)
         self.servicer = Servicer(
             self.config,
             self.address.target,
@@ -148,41 +171,24 @@ class Daemon:
             self.registry,
             self.pool,
             installer.name,
+            blocking=blocking,
             auth=self.auth,
-            transfers=Transfers(self.blobs, self.registry, self.metrics),
-        )
-
-        server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=self.config.max_workers, thread_name_prefix="buildd-rpc"
-            ),
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.so_reuseport", 0),
-            ],
-            interceptors=[self.auth.interceptor()],
+            transfers=Transfers(self.blobs, self.registry, self.metrics, blocking),
+            limits=self.limits,
         )
         self.servicer.on_shutdown = self.request_stop
         self.metrics.watch(
             sessions=lambda: len(self.registry),
             environments=self._environment_counts,
-            active_calls=lambda: self.servicer.active_calls,
+            active_calls=lambda: self.servicer.calls.active,
+            held=self.limits.totals,
             store_bytes=(lambda: self.keeper.usage()[0]) if self.config.store else None,
-        )
-        buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         # Everything that can refuse to start does so before the socket exists.
         if self.config.metrics_address:
             self._serve_metrics(self.config.metrics_address)
-        self._bind(server)
-        server.start()
-        self._server = server
-        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._events = EventLoopThread()
+        self._server = self._events.call(self._serve())
         self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
         if self.config.store:
             # Often enough that an idle instance outlives --store-ttl by at most a quarter.
@@ -198,7 +204,36 @@ class Daemon:
             principals=self.auth.principals or ["local"],
             admins=list(self.config.admins),
             allow_paths=[str(p) for p in self.auth.allow_paths],
+            caps=dataclasses.asdict(self.config.caps),
         )
+
+    async def _serve(self) -> grpc.aio.Server:
+        """On the event loop: the gRPC server, bound and serving."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", TRANSPORT_LIMIT),
+                ("grpc.max_send_message_length", _MAX_SEND),
+                ("grpc.so_reuseport", 0),
+            ],
+            # Tokens first (auth.py), then per-RPC message limits and stream caps.
+            interceptors=[
+                self.auth.interceptor(),
+                self.limits.interceptor(self.auth, self.metrics),
+            ],
+        )
+        buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
+        self._bind(server)
+        # Port 0 is bound to a real port only now: status reports that one.
+        self.servicer.address = self.address.target
+        await server.start()
+        await self._set_health(_SERVING)
+        return server
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
 
     def _serve_metrics(self, text: str) -> None:
         where = parse_address(text)
@@ -241,8 +276,7 @@ class Daemon:
         # With the lock held nobody else can be using these: they are what a
         # crashed or killed daemon left behind. Hooks of that daemon may still
         # run (each in its own process group): stop them before deleting the
-        # environments they run in (session folders, and the store's, where
-        # fork servers and bytecode compiles run too).
+        # environments they run in.
         sessions = state / "sessions"
         killed = _kill_processes_under(sessions) + _kill_processes_under(state / "envs")
         reclaimed = 0
@@ -260,12 +294,16 @@ class Daemon:
         metrics: Metrics | None = getattr(self, "metrics", None)
         if metrics is not None:
             metrics.stop()
+        if self._events is not None:
+            self._events.close()
+        if self._blocking is not None:
+            self._blocking.shutdown(wait=False)
         if self._lock is not None and self._lock.is_locked:
             with contextlib.suppress(FileNotFoundError):
                 (self.config.state_dir / "daemon.pid").unlink()
             self._lock.release()
 
-    def _bind(self, server: grpc.Server) -> None:
+    def _bind(self, server: grpc.aio.Server) -> None:
         address = self.address
         if address.kind == "unix":
             assert address.path
@@ -315,7 +353,7 @@ class Daemon:
         while not self._stop_requested.wait(0.5):
             if self.config.idle_timeout <= 0:
                 continue
-            if len(self.registry.all()) or self.servicer.active_calls:
+            if len(self.registry.all()) or self.servicer.calls.active:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > self.config.idle_timeout:
                 log.info("idle_shutdown", idle_seconds=self.config.idle_timeout)
@@ -340,20 +378,22 @@ class Daemon:
         # New long calls and sessions get UNAVAILABLE from here on, while the
         # server still answers health checks with NOT_SERVING.
         self.service.draining = True
-        self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-        log.info("draining", grace=grace, active_calls=self.servicer.active_calls)
-        finished = self.servicer.wait_idle(grace)
-        if not finished:
-            log.info("grace_expired", cancelling=self.servicer.active_calls)
-        if self._server is not None:
-            # A second for short calls still on the wire (the very Shutdown
-            # call that started this drain, a status); then whatever still
-            # runs is cancelled: cancel events fire, hook process groups die.
-            self._server.stop(1.0).wait()
+        assert self._events is not None and self._server is not None
+        self._events.call(self._set_health(_NOT_SERVING))
+        calls = self.servicer.calls
+        log.info("draining", grace=grace, active_calls=calls.active)
+        if not calls.wait_idle(grace):
+            log.info("grace_expired", cancelling=calls.active)
+        # A second for short calls still on the wire (the very Shutdown call
+        # that started this drain, a status); then whatever still runs is
+        # cancelled: cancel events fire, hook process groups die.
+        self._events.call(self._server.stop(1.0))
         # Worker threads end shortly after their cancel event; wait so that no
         # environment is deleted under a hook that is still being killed.
-        self.servicer.wait_workers(10.0)
+        calls.wait_workers(10.0)
+        self._events.close()
+        if self._blocking is not None:
+            self._blocking.shutdown(wait=True, cancel_futures=True)
         self.metrics.stop()
         self.registry.stop_reaper()
         # Sessions end as they do on close: stored instances are checked and

@@ -13,6 +13,7 @@ records what validation compares on every borrow (rule 5): the interpreter
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -28,7 +29,7 @@ import structlog
 
 from . import errors, manifest, zygotes
 from .bytecode import COMPILER, Compiler
-from .events import Emit, Phase
+from .events import Emit, Event, Log, LogSource, Phase
 from .interpreters import Interpreter
 from .keys import EnvKey
 from .processes import TAIL_LINES, mentions_enospc, run_process
@@ -102,6 +103,14 @@ class Environment:
     def in_store(self) -> bool:
         return bool(self.key_dir)
 
+    # Set once destroyed: what it answered is no longer reused (hookcache.py).
+    retired: bool = False
+
+    @property
+    def generation(self) -> tuple[str, str, str]:
+        """What must stay the same for this instance's hook answers to hold."""
+        return (self.id, self.key.id, self.fingerprint)
+
 
 class EnvironmentFactory:
     """Creates environments for keys; the pool calls it outside its lock."""
@@ -147,7 +156,9 @@ class EnvironmentFactory:
         """
         path = placement.path
         started = time.monotonic()
-        phase = Phase("creating_environment", key_id=key.id, environment_path=str(path))
+        phase = Phase(
+            "creating_environment", key_id=key.id, environment_path=str(path), step="start"
+        )
         emit(phase)
         try:
             _check_cancel(cancel, f"creating environment {path}")
@@ -265,6 +276,8 @@ class EnvironmentFactory:
     def destroy(self, env: Environment) -> None:
         # First the processes that run from the folder, then the folder.
         self.compiler.stop(env.id)
+        # First the process that runs from the folder, then the folder.
+        env.retired = True
         zygotes.stop(env.id, "destroyed")
         shutil.rmtree(env.path, ignore_errors=True)
 
@@ -337,6 +350,7 @@ class EnvironmentFactory:
             count=len(requirements),
             key_id=key_id,
             environment_path=str(path),
+            step="start",
         )
         emit(phase)
         argv, environ = self.installer.command(
@@ -345,7 +359,12 @@ class EnvironmentFactory:
         label = f"{self.installer.name} installing {listed} into {path}"
         try:
             result = run_process(
-                argv, env=environ, label=label, hook="install", emit=emit, cancel=cancel
+                argv,
+                env=environ,
+                label=label,
+                hook="install",
+                emit=_from_source(emit, "installer"),
+                cancel=cancel,
             )
         except OSError as exc:
             if _is_enospc(exc):
@@ -482,7 +501,17 @@ def _ended(phase: Phase, started: float) -> Phase:
         environment_path=phase.environment_path,
         count=phase.count,
         step_seconds=max(time.monotonic() - started, 1e-6),
+        step="end",
     )
+
+
+def _from_source(emit: Emit, source: LogSource) -> Emit:
+    """``emit`` with every Log event marked as written by ``source``."""
+
+    def tagged(event: Event) -> None:
+        emit(dataclasses.replace(event, source=source) if isinstance(event, Log) else event)
+
+    return tagged
 
 
 def _check_cancel(cancel: threading.Event, what: str) -> None:

@@ -20,12 +20,21 @@ PhaseName = Literal[
     "running_hook",
     "hook_finished",
     "artifact_written",
+    "cache_hit",
 ]
+
+
+# Whether a phase opens a step that takes time, closes it, or stands alone.
+PhaseStep = Literal["start", "end", "instant"]
+# How a hook call ended ("" on every phase but hook_finished).
+HookOutcome = Literal["", "ok", "failed", "timed_out", "cancelled"]
+# Which process wrote a log line.
+LogSource = Literal["hook", "installer", "compiler"]
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A step of a request started (``step_seconds == 0``) or ended."""
+    """A step of a request started (``step="start"``), ended, or a moment (``"instant"``)."""
 
     name: PhaseName
     detail: str = ""
@@ -38,6 +47,10 @@ class Phase:
     slot: int = -1
     # How long validating the instance took before this lease (0: not validated).
     validation_seconds: float = 0.0
+    step: PhaseStep = "instant"
+    outcome: HookOutcome = ""
+    # The source fingerprint a cached answer was given for (cache_hit).
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class Log:
     stream: Literal["stdout", "stderr"]
     text: str
     hook: str
+    source: LogSource = "hook"
 
 
 Event = Phase | Log

@@ -25,7 +25,7 @@ from .hooks import Hooks
 from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from .environments import Environment, EnvironmentFactory
     from .interpreters import Interpreter
@@ -129,10 +129,10 @@ class Leaser:
             ctx.emit(Phase("waiting_for_environment", key_id=ctx.key.id))
 
         env = ctx.state.environment
-        if env is not None and not _still_fits(env, ctx.key):
+        if env is not None and not still_fits(env, ctx.key):
             # The project's static requirements or interpreter changed: start afresh.
             ctx.state.environment = None
-            ctx.state.prepared.clear()
+            ctx.state.forget_answers()
             env = None
         try:
             if env is not None:
@@ -148,7 +148,7 @@ class Leaser:
                 except InstanceGone:
                     log.info("affinity_lost", session=session.id[:8], env=env.id)
                     ctx.state.environment = None
-                    ctx.state.prepared.clear()
+                    ctx.state.forget_answers()
             prefer, slot = self._last_used(ctx, owner)
             return self.pool.acquire(
                 owner,
@@ -169,7 +169,10 @@ class Leaser:
                 "the request was cancelled while waiting for an environment"
             ) from exc
         except OwnerGone as exc:
-            raise errors.SessionNotFound(f"session {session.id[:8]}… ended while waiting") from exc
+            raise errors.SessionEnded(
+                f"session {session.id[:8]}… ended while waiting",
+                metadata={"session_id": session.id, "end_reason": session.end_reason or ""},
+            ) from exc
 
     def _last_used(self, ctx: RequestContext, owner: str) -> tuple[Environment | None, int | None]:
         """The instance the source used last in an earlier session, and its slot."""
@@ -184,7 +187,7 @@ class Leaser:
             if (
                 entry.owner == owner
                 and (env.key_dir, env.slot) == last
-                and _still_fits(env, ctx.key)
+                and still_fits(env, ctx.key)
             ):
                 return env, slot
         # Gone (evicted, discarded): a new instance of the same key takes its slot.
@@ -246,6 +249,10 @@ class RequestContext:
         self.interpreter = interpreter
         self.key = key
         self.cancel = cancel
+        # The source fingerprint when the request began, and the answers to
+        # store if it is the same when the request ends (hookcache.py).
+        self.fingerprint: str | None = None
+        self.on_unchanged: list[Callable[[], None]] = []
         self._emit = emit
         self._hook_started = 0.0
 
@@ -323,7 +330,7 @@ class RequestContext:
         finally:
             if discard:
                 self.state.environment = None
-                self.state.prepared.clear()
+                self.state.forget_answers()
             else:
                 self.state.environment = env
             env.last_used_at = time.time()
@@ -336,7 +343,7 @@ class RequestContext:
                 self.leaser.keeper.released()
 
 
-def _still_fits(env: Environment, key: EnvKey) -> bool:
+def still_fits(env: Environment, key: EnvKey) -> bool:
     return (
         env.key.interpreter == key.interpreter
         and env.key.installer == key.installer

@@ -96,10 +96,11 @@ class Metrics:
         sessions: Callable[[], int],
         environments: Callable[[], dict[str, int]],
         active_calls: Callable[[], int],
+        held: Callable[[], dict[str, int]] | None = None,
         store_bytes: Callable[[], int] | None = None,
     ) -> None:
         """Register the scrape-time gauges."""
-        self.registry.register(_Live(sessions, environments, active_calls, store_bytes))
+        self.registry.register(_Live(sessions, environments, active_calls, held, store_bytes))
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP; returns the bound port (useful with port 0)."""
@@ -123,12 +124,14 @@ class _Live(Collector):
         sessions: Callable[[], int],
         environments: Callable[[], dict[str, int]],
         active_calls: Callable[[], int],
+        held: Callable[[], dict[str, int]] | None,
         store_bytes: Callable[[], int] | None,
     ) -> None:
         self._sessions = sessions
         self._environments = environments
         self._active_calls = active_calls
         self._store_bytes = store_bytes
+        self._held = held
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("buildd_sessions", "Live sessions", value=self._sessions())
@@ -148,3 +151,12 @@ class _Live(Collector):
                 "files no instance links",
                 value=self._store_bytes(),
             )
+        if self._held is not None:
+            held = GaugeMetricFamily(
+                "buildd_held",
+                "What all principals hold now against the per-principal caps, by cap",
+                labels=["cap"],
+            )
+            for cap, count in sorted(self._held().items()):
+                held.add_metric([cap], count)
+            yield held

@@ -25,6 +25,7 @@ from . import errors
 from .artifacts import publish
 from .blobs import BlobStore, is_digest, unpack_upload
 from .events import Emit, Phase
+from .hookcache import HookCache
 from .interpreters import resolve_interpreter
 from .keys import make_key, normalize_requirements
 from .leasing import Leaser, RequestContext, hold_source
@@ -42,6 +43,8 @@ from .requests import (
 )
 from .sources import is_sdist, load_project, unpack_sdist
 from .store import Store
+from .treewatch import TreeWatchers
+from .watches import Watches
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -99,7 +102,25 @@ class BuildService:
         self._store = store or Store(config.state_dir / "envs", enabled=False)
         self._keeper = keeper
         self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout, self._store, keeper)
-        self.draining = False
+        self.cache = HookCache()
+        self.watches = Watches(
+            registry,
+            TreeWatchers(),
+            self.prepare_metadata,
+            max_per_session=config.max_watches_per_session,
+        )
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        # Watches wait for changes, not for work: a drain ends them at once.
+        self._draining = value
+        if value:
+            self.watches.end_all(errors.Unavailable("the daemon is shutting down"))
 
     # ------------------------------------------------------------ requests --
 
@@ -107,14 +128,21 @@ class BuildService:
         self, request: Request, dist: Dist, emit: Emit, cancel: threading.Event
     ) -> RequiresOutcome:
         def work(ctx: RequestContext) -> RequiresOutcome:
+            env = ctx.state.environment
+            cached = self.cache.requires(ctx, env, dist)
+            if env is not None and cached is not None:
+                return RequiresOutcome(
+                    ctx.project.requires, tuple(cached), env.key.id, ctx.project.backend, True
+                )
             with ctx.leased() as (lease, hooks):
                 dynamic = self._dynamic_requirements(ctx, lease, hooks, dist)
-                return RequiresOutcome(
-                    static=ctx.project.requires,
-                    dynamic=tuple(dynamic),
-                    key_id=lease.instance.key.id,
-                    backend=ctx.project.backend,
-                )
+            self.cache.commit(ctx)
+            return RequiresOutcome(
+                static=ctx.project.requires,
+                dynamic=tuple(dynamic),
+                key_id=lease.instance.key.id,
+                backend=ctx.project.backend,
+            )
 
         return self._run(request, emit, cancel, work)
 
@@ -126,16 +154,22 @@ class BuildService:
         cancel: threading.Event,
     ) -> MetadataOutcome:
         def work(ctx: RequestContext) -> MetadataOutcome:
+            cached = self.cache.metadata(ctx, dist)
+            if cached is not None:
+                return cached
             with ctx.leased() as (lease, hooks):
+                before = lease.instance.generation
                 self._dynamic_requirements(ctx, lease, hooks, dist)
                 prepared = self._prepare(ctx, lease.instance, hooks, dist)
-                path = prepared.directory / prepared.dist_info
-                return MetadataOutcome(
-                    metadata=(path / "METADATA").read_bytes(),
-                    dist_info_name=prepared.dist_info,
-                    dist_info_path=path,
-                    from_wheel=prepared.from_wheel,
-                )
+                self.cache.ran_prepare(ctx, lease.instance, before, prepared)
+            self.cache.commit(ctx)
+            return MetadataOutcome(
+                metadata=prepared.metadata,
+                dist_info_name=prepared.dist_info,
+                dist_info_path=prepared.directory / prepared.dist_info,
+                from_wheel=prepared.from_wheel,
+                fingerprint=ctx.fingerprint or "",
+            )
 
         return self._run(request, emit, cancel, work)
 
@@ -173,6 +207,7 @@ class BuildService:
                     sdist_path = artifact.path
             with ctx.session.lock:  # what DownloadArtifact may serve
                 ctx.session.artifacts.update((str(a.path), (a.size, a.sha256)) for a in results)
+            self.cache.commit(ctx)
             return results
 
         return self._run(request, emit, cancel, work)
@@ -186,6 +221,7 @@ class BuildService:
         its principal's store; with ``--no-store`` they are deleted.
         Returns (deleted now, deleted or stored at release, stored now).
         """
+        self.watches.session_ended(session.id)
         with self._lock:
             self._sources.pop(session.id, None)
             busy = self._in_flight.get(session.id, 0)
@@ -293,12 +329,16 @@ class BuildService:
             # with it either sees the request (and leaves cleanup to it) or
             # the request sees the end.
             if session.ended:
-                raise errors.SessionNotFound(f"session {session.id[:8]}… has ended")
+                raise errors.SessionEnded(
+                    f"session {session.id[:8]}… has ended",
+                    metadata={"session_id": session.id, "end_reason": session.end_reason or ""},
+                )
             state = self._source_state(session.id, request.source)
             # Taken before the project is even read: the first request of a
             # source fixes its instance, and an sdist is unpacked only once.
             with hold_source(state, cancel, request.deadline):
                 ctx = self._context(request, session, state, emit, cancel)
+                self.cache.begin(ctx)
                 bound.info("request_started", key=ctx.key.id, backend=ctx.project.backend)
                 return work(ctx)
         finally:
@@ -321,7 +361,12 @@ class BuildService:
         cancel: threading.Event,
     ) -> RequestContext:
         root = self._project_root(request.source, session, state)
-        project = load_project(str(root))
+        try:
+            project = load_project(str(root))
+        except errors.SourceNotFound as exc:
+            if not exc.field and not is_digest(request.source):
+                exc.field = "context.source.path"
+            raise
         interpreter = resolve_interpreter(request.python)
         origin = f"{project.pyproject or project.root}: build-system.requires"
         key = make_key(
@@ -390,6 +435,10 @@ class BuildService:
         self, ctx: RequestContext, lease: Lease[Environment], hooks: Hooks, dist: Dist
     ) -> list[str]:
         env = lease.instance
+        cached = self.cache.requires(ctx, env, dist)
+        if cached is not None:
+            return cached  # installed in this very generation
+        before = env.generation
         dynamic = hooks.get_requires(dist, ctx.request.config_settings)
         origin = f"{ctx.project.backend}: get_requires_for_build_{dist}"
         wanted = normalize_requirements(
@@ -402,6 +451,7 @@ class BuildService:
             lease.rekey(env.key)
             if self._keeper is not None:
                 self._keeper.changed(env)
+        self.cache.ran_requires(ctx, env, dist, before, dynamic)
         return dynamic
 
     def _prepare(
@@ -417,10 +467,13 @@ class BuildService:
             dist_info, from_wheel = hooks.prepare_metadata(
                 dist, directory, ctx.request.config_settings
             )
+            metadata = (directory / dist_info / "METADATA").read_bytes()
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        prepared = Prepared(directory, dist_info, env.id, ctx.project.fingerprint(), from_wheel)
+        # Usable for rule 6 and as a cached answer once the request confirmed
+        # the tree held still (hookcache.py).
+        prepared = Prepared(directory, dist_info, env.id, None, from_wheel, metadata)
         slot = (dist, settings_id(ctx.request.config_settings))
         old = ctx.state.prepared.get(slot)
         ctx.state.prepared[slot] = prepared
@@ -437,7 +490,8 @@ class BuildService:
             return None
         if (
             prepared.environment_id != env.id
-            or prepared.fingerprint != ctx.project.fingerprint()
+            or prepared.fingerprint is None
+            or prepared.fingerprint != ctx.fingerprint
             or not (prepared.directory / prepared.dist_info).is_dir()
         ):
             return None

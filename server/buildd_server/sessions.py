@@ -266,11 +266,12 @@ class SessionRegistry:
     def _lookup(self, session_id: str, principal: str | None = None) -> Session:
         """Lock held. Another principal's session is reported as unknown."""
         if not session_id:
-            raise errors.SessionNotFound("session id is empty")
+            raise errors.SessionNotFound("session id is empty", metadata={"session_id": ""})
         if not _ID.fullmatch(session_id):
             raise errors.SessionNotFound(
                 f"session id {_show(session_id)} is malformed: "
-                "expected 16 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+                "expected 16 to 64 characters from A-Z, a-z, 0-9, '_' and '-'",
+                metadata={"session_id": session_id[:64]},
             )
         session = self._sessions.get(session_id)
         if session is not None and principal in (None, session.principal):
@@ -279,8 +280,14 @@ class SessionRegistry:
         if ended is not None and principal in (None, ended[1]):
             reason = ended[0]
             how = {"closed": "was closed", "expired": "expired", "shutdown": "ended at shutdown"}
-            raise errors.SessionNotFound(f"session {_show(session_id)} has ended: {how[reason]}")
-        raise errors.SessionNotFound(f"session {_show(session_id)} is unknown to this daemon")
+            raise errors.SessionEnded(
+                f"session {_show(session_id)} has ended: {how[reason]}",
+                metadata={"session_id": session_id, "end_reason": reason},
+            )
+        raise errors.SessionNotFound(
+            f"session {_show(session_id)} is unknown to this daemon",
+            metadata={"session_id": session_id},
+        )
 
     def _touch(self, session: Session) -> None:
         """Lock held."""

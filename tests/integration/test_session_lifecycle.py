@@ -42,7 +42,7 @@ def test_a_session_is_joined_by_id_from_another_client(
         [before] = first.status(session.id).sessions[0].environments
     with Client(daemon.address, autostart=False) as second:
         joined = second.join_session(session.id)
-        joined.metadata(str(source)).result()
+        joined.metadata(str(source), no_cache=True).result()
         [env] = second.status(session.id).sessions[0].environments
         assert env.id == before.id
         assert env.hook_calls == before.hook_calls + 2
@@ -69,7 +69,8 @@ def test_idle_session_expires_and_without_the_store_its_environments_go(
             assert gone.value.status == grpc.StatusCode.NOT_FOUND
             # The kept-alive session outlived several TTLs and still works.
             assert held_env.exists()
-            held.metadata(str(source)).result()
+            # Past the cache: the hooks must run, in the session's own environment.
+            held.metadata(str(source), no_cache=True).result()
             assert read_probe_log(log)[-1]["prefix"] == str(held_env)
         _wait_until(lambda: not held_env.exists(), "the released session to expire")
 

@@ -628,9 +628,9 @@ def test_bad_config_settings(
 
 
 def test_oversized_message(bystander: Bystander, victim: Session, tmp_path: Path) -> None:
-    """Past the daemon's 64 MiB limit gRPC itself refuses, before any of our code runs."""
+    """Past the daemon's 2 MiB request limit gRPC itself refuses, before any of our code runs."""
     source = probe_project(tmp_path / "p", tmp_path / "probe.log")
-    huge = pb.ConfigSetting(key="huge", values=["x" * (65 << 20)])
+    huge = pb.ConfigSetting(key="huge", values=["x" * (5 << 20)])
     request = pb.PrepareMetadataRequest(
         context=context(victim.id, str(source), config_settings=[huge])
     )
@@ -643,7 +643,7 @@ def test_oversized_message(bystander: Bystander, victim: Session, tmp_path: Path
     print(f"{error.code().name}: {error.details()}")
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in error.details()
-    assert str(64 << 20) in error.details()
+    assert str(2 << 20) in error.details()
     assert read_probe_log(tmp_path / "probe.log") == []
     bystander.check()
 
@@ -672,7 +672,7 @@ def test_relative_or_missing_source(bystander: Bystander, victim: Session) -> No
                 context=context(sid, src),
                 distributions=[99],  # type: ignore[list-item]
             ),
-            ["distributions[0]", "unknown value 99"],
+            ["distributions[0]", "99 is not a Distribution"],
         ),
         (
             lambda sid, src: pb.BuildRequest(
@@ -772,7 +772,8 @@ def test_closed_session_id(bystander: Bystander, client: Client, tmp_path: Path)
         ("../../../../etc/passwd-and-more", "'../../../../etc/passwd-and-more'"),
         ("has spaces in it, see", "'has spaces in it, see'"),
         ("é" * 20, "'" + "é" * 20 + "'"),
-        ("x" * 100_000, "(100000 characters)"),
+        # Below the 64 KiB message limit of JoinSession and GetStatus (wire/limits.py).
+        ("x" * 60_000, "(60000 characters)"),
     ],
     ids=["empty", "too-short", "path", "spaces", "non-ascii", "huge"],
 )
@@ -780,7 +781,9 @@ def test_malformed_session_id(
     bystander: Bystander, client: Client, tmp_path: Path, session_id: str, shown: str
 ) -> None:
     source = probe_project(tmp_path / "p", tmp_path / "probe.log")
-    request = pb.PrepareMetadataRequest(context=context(session_id, str(source)))
+    request = pb.PrepareMetadataRequest(
+        context=context(session_id, str(source)), distribution=pb.DISTRIBUTION_WHEEL
+    )
     runs = [
         lambda: client.join_session(session_id),
         raw_call(Session(client, pb.SessionInfo()), "PrepareMetadata", request),

@@ -81,12 +81,15 @@ def _header(data: bytes, **override: object) -> pb.UploadBlobHeader:
 def test_uploads_are_verified_while_streaming(remote: RemoteDaemon) -> None:
     data = b"x" * 300_000
     halves = [data[:150_000], data[150_000:]]
+    big = b"y" * ((1 << 20) + 1)
     other = "sha256:" + hashlib.sha256(b"other").hexdigest()
     cases: list[tuple[pb.UploadBlobHeader | None, list[bytes], grpc.StatusCode, str]] = [
         (_header(data, digest=other), halves, grpc.StatusCode.INVALID_ARGUMENT, "digest"),
         (_header(data), halves[:1], grpc.StatusCode.INVALID_ARGUMENT, "ended after 150000"),
         (_header(data), [*halves, b"+"], grpc.StatusCode.INVALID_ARGUMENT, "more bytes than"),
-        (_header(data), [data * 4], grpc.StatusCode.INVALID_ARGUMENT, "at most 1048576"),
+        # Past the 1 MiB chunk limit; past the message limit gRPC parses nothing.
+        (_header(big), [big], grpc.StatusCode.INVALID_ARGUMENT, "at most 1048576 per chunk"),
+        (_header(data), [data * 4], grpc.StatusCode.RESOURCE_EXHAUSTED, "UploadBlob: a request"),
         (None, halves, grpc.StatusCode.INVALID_ARGUMENT, "must carry the header"),
         (_header(data, kind=0), halves, grpc.StatusCode.INVALID_ARGUMENT, "header.kind"),
         (_header(data, digest="md5:1"), halves, grpc.StatusCode.INVALID_ARGUMENT, "not a digest"),

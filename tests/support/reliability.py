@@ -200,7 +200,8 @@ class Bystander:
     def check(self) -> None:
         assert health(self.address) == health_pb2.HealthCheckResponse.SERVING
         assert self._env() == (self.path, self.hook_calls), "the bystander's environment changed"
-        self.session.metadata(str(self.source)).result()
+        # Past the cache: the hooks must run in that very environment.
+        self.session.metadata(str(self.source), no_cache=True).result()
         self.hook_calls += 2
         assert self._env() == (self.path, self.hook_calls)
         assert read_probe_log(self.log)[-1]["prefix"] == self.path

@@ -37,6 +37,8 @@ REQUIREMENT_SETS: tuple[tuple[str, ...], ...] = (
     # Python that runs it, not for --python-version.
     ("setuptools", "wheel", "hatchling", "flit_core", "packaging", "tomli"),
     ("flit_core>=3.4,<4",),
+    # Versions from git tags (the metadata cache must see a new tag).
+    ("setuptools>=64", "setuptools-scm>=8"),
 )
 
 # The test runner's own Python, and the oldest the daemon supports (whose

@@ -5,20 +5,39 @@ buildd wire contract, version 1.
 
 This file is the source of truth for every buildd client, whatever its
 language. Field numbers are never reused; new fields are added, old ones are
-only ever deprecated. See docs/protocol.md for the flow of a typical IDE and
-CI session and for how errors are reported.
+only ever deprecated. Version rule (docs/protocol.md#versioning): within
+buildd.v1 every change is additive and checked by `buf breaking`; a change
+that would break a v1 client goes into a new package, buildd.v2, served
+beside v1. See docs/protocol.md for the flow of a typical IDE and CI session
+and for how errors are reported.
 
 Conventions used throughout:
-- Paths are absolute paths as seen by the daemon's file system.
+- Paths are absolute paths as seen by the daemon's file system, at most
+  4096 bytes of UTF-8, each component at most 255 bytes, no NUL or other
+  control character (INVALID_ARGUMENT naming the field otherwise).
 - Digests are written "sha256:" followed by 64 lowercase hex digits.
 - Large bytes (uploaded sources, downloaded artifacts) travel in chunks of
   64 KiB to 1 MiB; the daemon refuses chunks larger than 1 MiB.
 - Durations are seconds as doubles; timestamps are Unix seconds as doubles.
+- Enums in requests: the zero value (`*_UNSPECIFIED`) and numbers this
+  version does not define are refused with INVALID_ARGUMENT naming the
+  field (for example `distribution`). Protobuf decodes a misspelt enum name
+  or a forgotten field as zero, so zero never silently means a default.
+  Enums in responses may gain values: treat an unknown number as
+  "something this client does not know yet", never as an error.
+- Field paths in error messages and in error details are written from the
+  request root, with indexes: `context.source.path`,
+  `context.config_settings[3].key`, `distributions[1]`.
 - Long calls (PrepareMetadata, GetRequires, Build) are server-streaming: they
   send any number of `Phase` and `LogLine` events, then exactly one final
   event, `result` or `failure`, and then the RPC ends. When the final event is
   a `failure`, the RPC also ends with the gRPC status given in
   `Failure.status_code`, so clients that only look at statuses still see it.
+- Every failing call, unary or streaming, carries a `google.rpc.Status` in
+  the standard `grpc-status-details-bin` trailer: an `ErrorInfo` (reason =
+  the FailureKind name without its prefix, domain "buildd"), a `BadRequest`
+  for a bad field, a `RetryInfo` where retrying helps, and the
+  `buildd.v1.Failure` itself (docs/protocol.md#failures).
 
 Identity (see docs/remote.md): a daemon started with --token-file expects
 every call except health checking and reflection to carry the metadata
@@ -63,11 +82,17 @@ class BuilddStub:
     OpenSession: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.OpenSessionRequest, _buildd_pb2.SessionInfo]
     """Open a new session. The returned id is unguessable and is the only
     credential needed to use the session on a local daemon.
+    UNAVAILABLE while the daemon drains.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     JoinSession: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.JoinSessionRequest, _buildd_pb2.SessionInfo]
     """Join an existing session by id (for example from a second process of the
-    same IDE). Fails with NOT_FOUND when the session is unknown or has ended.
-    Joining counts as activity and restarts the session's idle clock.
+    same IDE). NOT_FOUND when the session is unknown (reason SESSION_NOT_FOUND)
+    or has ended (reason SESSION_ENDED). Joining counts as activity and
+    restarts the session's idle clock.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     KeepAlive: _grpc.UnaryStreamMultiCallable[_buildd_pb2.KeepAliveRequest, _buildd_pb2.KeepAliveResponse]
     """Hold a session open: while at least one KeepAlive stream is open, the
@@ -86,17 +111,42 @@ class BuilddStub:
     GetRequires: _grpc.UnaryStreamMultiCallable[_buildd_pb2.GetRequiresRequest, _buildd_pb2.Event]
     """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
     and dynamic build requirements. Final event: `result.requires`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     PrepareMetadata: _grpc.UnaryStreamMultiCallable[_buildd_pb2.PrepareMetadataRequest, _buildd_pb2.Event]
     """Run `prepare_metadata_for_build_{wheel,editable}` (or, when the backend
     lacks it, build a wheel and take its .dist-info, as PEP 517 says). The
     prepared metadata is kept in the session so that a later Build of the same
     source passes it as `metadata_directory`. Final event: `result.metadata`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     Build: _grpc.UnaryStreamMultiCallable[_buildd_pb2.BuildRequest, _buildd_pb2.Event]
-    """Build one or more distributions. Final event: `result.build`."""
+    """Build one or more distributions. Final event: `result.build`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    WatchMetadata: _grpc.UnaryStreamMultiCallable[_buildd_pb2.WatchMetadataRequest, _buildd_pb2.WatchMetadataEvent]
+    """Watch a source's core metadata: the daemon prepares it once, sends it,
+    then watches the tree and prepares it again after each change (in the
+    session's environment for the source, under the usual exclusive lease,
+    through the metadata cache), sending an event only when `METADATA`
+    actually changed, or when preparing failed (the watch then goes on, and
+    sends the metadata again once preparing succeeds). An open watch holds
+    its session like a KeepAlive stream. The stream ends when the client
+    cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+    the daemon drains. Watches per session and per principal are capped
+    (the daemon's --max-watches-per-session and --max-watches-per-principal):
+    beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+    (session, source path, settings) end the stream at once with their
+    status, before any event. See docs/protocol.md ("Watching metadata").
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]
-    """The daemon, its sessions and their environments, and the caller's store."""
+    """The daemon, its sessions and their environments, and the caller's store.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     PruneStore: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.PruneStoreRequest, _buildd_pb2.PruneStoreResponse]
     """Delete idle environments of the caller's store (an admin may name every
     principal's). Leased environments are never touched. The installer's
@@ -130,7 +180,12 @@ class BuilddStub:
     """Stream back an artifact that a Build of this session wrote: one `header`,
     then the file's bytes as `chunk` messages. Only artifacts built in the
     session, which must belong to the caller, can be downloaded; any other
-    path gives NOT_FOUND.
+    path gives NOT_FOUND (reason ARTIFACT_NOT_FOUND).
+    """
+    ListInterpreters: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.ListInterpretersRequest, _buildd_pb2.ListInterpretersResponse]
+    """The Python interpreters this daemon can build with, and how it found
+    each: what a client that is not written in Python (and so has no
+    `sys.executable` of its own) offers its user for `BuildContext.python`.
     """
 
 @_typing.type_check_only
@@ -141,11 +196,17 @@ class BuilddAsyncStub(BuilddStub):
     OpenSession: _aio.UnaryUnaryMultiCallable[_buildd_pb2.OpenSessionRequest, _buildd_pb2.SessionInfo]  # type: ignore[assignment]
     """Open a new session. The returned id is unguessable and is the only
     credential needed to use the session on a local daemon.
+    UNAVAILABLE while the daemon drains.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     JoinSession: _aio.UnaryUnaryMultiCallable[_buildd_pb2.JoinSessionRequest, _buildd_pb2.SessionInfo]  # type: ignore[assignment]
     """Join an existing session by id (for example from a second process of the
-    same IDE). Fails with NOT_FOUND when the session is unknown or has ended.
-    Joining counts as activity and restarts the session's idle clock.
+    same IDE). NOT_FOUND when the session is unknown (reason SESSION_NOT_FOUND)
+    or has ended (reason SESSION_ENDED). Joining counts as activity and
+    restarts the session's idle clock.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     KeepAlive: _aio.UnaryStreamMultiCallable[_buildd_pb2.KeepAliveRequest, _buildd_pb2.KeepAliveResponse]  # type: ignore[assignment]
     """Hold a session open: while at least one KeepAlive stream is open, the
@@ -164,17 +225,42 @@ class BuilddAsyncStub(BuilddStub):
     GetRequires: _aio.UnaryStreamMultiCallable[_buildd_pb2.GetRequiresRequest, _buildd_pb2.Event]  # type: ignore[assignment]
     """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
     and dynamic build requirements. Final event: `result.requires`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     PrepareMetadata: _aio.UnaryStreamMultiCallable[_buildd_pb2.PrepareMetadataRequest, _buildd_pb2.Event]  # type: ignore[assignment]
     """Run `prepare_metadata_for_build_{wheel,editable}` (or, when the backend
     lacks it, build a wheel and take its .dist-info, as PEP 517 says). The
     prepared metadata is kept in the session so that a later Build of the same
     source passes it as `metadata_directory`. Final event: `result.metadata`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     Build: _aio.UnaryStreamMultiCallable[_buildd_pb2.BuildRequest, _buildd_pb2.Event]  # type: ignore[assignment]
-    """Build one or more distributions. Final event: `result.build`."""
+    """Build one or more distributions. Final event: `result.build`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    WatchMetadata: _aio.UnaryStreamMultiCallable[_buildd_pb2.WatchMetadataRequest, _buildd_pb2.WatchMetadataEvent]  # type: ignore[assignment]
+    """Watch a source's core metadata: the daemon prepares it once, sends it,
+    then watches the tree and prepares it again after each change (in the
+    session's environment for the source, under the usual exclusive lease,
+    through the metadata cache), sending an event only when `METADATA`
+    actually changed, or when preparing failed (the watch then goes on, and
+    sends the metadata again once preparing succeeds). An open watch holds
+    its session like a KeepAlive stream. The stream ends when the client
+    cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+    the daemon drains. Watches per session and per principal are capped
+    (the daemon's --max-watches-per-session and --max-watches-per-principal):
+    beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+    (session, source path, settings) end the stream at once with their
+    status, before any event. See docs/protocol.md ("Watching metadata").
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetStatus: _aio.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]  # type: ignore[assignment]
-    """The daemon, its sessions and their environments, and the caller's store."""
+    """The daemon, its sessions and their environments, and the caller's store.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     PruneStore: _aio.UnaryUnaryMultiCallable[_buildd_pb2.PruneStoreRequest, _buildd_pb2.PruneStoreResponse]  # type: ignore[assignment]
     """Delete idle environments of the caller's store (an admin may name every
     principal's). Leased environments are never touched. The installer's
@@ -208,7 +294,12 @@ class BuilddAsyncStub(BuilddStub):
     """Stream back an artifact that a Build of this session wrote: one `header`,
     then the file's bytes as `chunk` messages. Only artifacts built in the
     session, which must belong to the caller, can be downloaded; any other
-    path gives NOT_FOUND.
+    path gives NOT_FOUND (reason ARTIFACT_NOT_FOUND).
+    """
+    ListInterpreters: _aio.UnaryUnaryMultiCallable[_buildd_pb2.ListInterpretersRequest, _buildd_pb2.ListInterpretersResponse]  # type: ignore[assignment]
+    """The Python interpreters this daemon can build with, and how it found
+    each: what a client that is not written in Python (and so has no
+    `sys.executable` of its own) offers its user for `BuildContext.python`.
     """
 
 class BuilddServicer(metaclass=_abc_1.ABCMeta):
@@ -222,6 +313,9 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_buildd_pb2.SessionInfo, _abc.Awaitable[_buildd_pb2.SessionInfo]]:
         """Open a new session. The returned id is unguessable and is the only
         credential needed to use the session on a local daemon.
+        UNAVAILABLE while the daemon drains.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -231,8 +325,11 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.SessionInfo, _abc.Awaitable[_buildd_pb2.SessionInfo]]:
         """Join an existing session by id (for example from a second process of the
-        same IDE). Fails with NOT_FOUND when the session is unknown or has ended.
-        Joining counts as activity and restarts the session's idle clock.
+        same IDE). NOT_FOUND when the session is unknown (reason SESSION_NOT_FOUND)
+        or has ended (reason SESSION_ENDED). Joining counts as activity and
+        restarts the session's idle clock.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -269,6 +366,8 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_buildd_pb2.Event], _abc.AsyncIterator[_buildd_pb2.Event]]:
         """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
         and dynamic build requirements. Final event: `result.requires`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -281,6 +380,8 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         lacks it, build a wheel and take its .dist-info, as PEP 517 says). The
         prepared metadata is kept in the session so that a later Build of the same
         source passes it as `metadata_directory`. Final event: `result.metadata`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -289,7 +390,32 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         request: _buildd_pb2.BuildRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_buildd_pb2.Event], _abc.AsyncIterator[_buildd_pb2.Event]]:
-        """Build one or more distributions. Final event: `result.build`."""
+        """Build one or more distributions. Final event: `result.build`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def WatchMetadata(
+        self,
+        request: _buildd_pb2.WatchMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_buildd_pb2.WatchMetadataEvent], _abc.AsyncIterator[_buildd_pb2.WatchMetadataEvent]]:
+        """Watch a source's core metadata: the daemon prepares it once, sends it,
+        then watches the tree and prepares it again after each change (in the
+        session's environment for the source, under the usual exclusive lease,
+        through the metadata cache), sending an event only when `METADATA`
+        actually changed, or when preparing failed (the watch then goes on, and
+        sends the metadata again once preparing succeeds). An open watch holds
+        its session like a KeepAlive stream. The stream ends when the client
+        cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+        the daemon drains. Watches per session and per principal are capped
+        (the daemon's --max-watches-per-session and --max-watches-per-principal):
+        beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+        (session, source path, settings) end the stream at once with their
+        status, before any event. See docs/protocol.md ("Watching metadata").
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def GetStatus(
@@ -297,7 +423,9 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         request: _buildd_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.StatusResponse, _abc.Awaitable[_buildd_pb2.StatusResponse]]:
-        """The daemon, its sessions and their environments, and the caller's store."""
+        """The daemon, its sessions and their environments, and the caller's store.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def PruneStore(
@@ -361,7 +489,18 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         """Stream back an artifact that a Build of this session wrote: one `header`,
         then the file's bytes as `chunk` messages. Only artifacts built in the
         session, which must belong to the caller, can be downloaded; any other
-        path gives NOT_FOUND.
+        path gives NOT_FOUND (reason ARTIFACT_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def ListInterpreters(
+        self,
+        request: _buildd_pb2.ListInterpretersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_buildd_pb2.ListInterpretersResponse, _abc.Awaitable[_buildd_pb2.ListInterpretersResponse]]:
+        """The Python interpreters this daemon can build with, and how it found
+        each: what a client that is not written in Python (and so has no
+        `sys.executable` of its own) offers its user for `BuildContext.python`.
         """
 
 def add_BuilddServicer_to_server(servicer: BuilddServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

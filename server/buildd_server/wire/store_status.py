@@ -1,8 +1,7 @@
-"""The store on the wire: status entries and ``PruneStore``, for the servicer.
+"""The store on the wire: status entries and ``PruneStore``.
 
-Kept apart from servicer.py so that the servicer stays a thin list of RPCs;
-like the servicer, this only translates: what the store holds and what a
-prune removes is decided in storekeeper.py.
+Like the rest of the wire layer this only translates: what the store holds
+and what a prune removes is decided in storekeeper.py.
 """
 
 from __future__ import annotations
@@ -11,16 +10,16 @@ from typing import TYPE_CHECKING
 
 from buildd.v1 import buildd_pb2 as pb
 
-from . import errors
-from .storekeeper import CHECK_PARTY
+from .. import errors
+from ..storekeeper import CHECK_PARTY
 
 if TYPE_CHECKING:
-    from .auth import Principal
-    from .config import Config
-    from .environments import Environment
-    from .keys import EnvKey
-    from .pool import PoolEntry
-    from .service import BuildService
+    from ..auth import Principal
+    from ..config import Config
+    from ..environments import Environment
+    from ..keys import EnvKey
+    from ..pool import PoolEntry
+    from ..service import BuildService
 
 
 def environment_info(entry: PoolEntry[EnvKey, Environment]) -> pb.EnvironmentInfo:

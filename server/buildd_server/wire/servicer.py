@@ -1,0 +1,424 @@
+"""The gRPC servicer: translates between buildd.v1 messages and the service.
+
+Nothing here decides anything. Every method is a coroutine on the event
+loop. Unary calls run their service logic in the bounded executor when it
+touches the disk, on the loop when it only reads in-memory state; long calls
+run the service in a worker thread of their own whose events come back
+through a bounded ``Bridge``. When the RPC ends for any reason (client
+cancel, disconnect, deadline, shutdown) the request's cancel event is set,
+which kills the running hook's process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from buildd.v1 import buildd_pb2 as pb
+from buildd.v1 import buildd_pb2_grpc
+
+from .. import errors
+from ..auth import Authenticator, Principal
+from ..interpreter_discovery import discover_interpreters
+from . import decode, encode, failures
+from .limits import Limits
+from .status import StatusSource
+from .store_status import prune_store
+from .streams import Bridge, Calls
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    import grpc.aio
+
+    from ..config import Config
+    from ..environments import Environment
+    from ..events import Event
+    from ..keys import EnvKey
+    from ..pool import Pool
+    from ..requests import Request
+    from ..service import BuildService
+    from ..sessions import SessionRegistry
+    from ..watches import WatchUpdate
+    from .streams import Blocking
+    from .transfers import Transfers
+
+    Context = grpc.aio.ServicerContext[Any, Any]
+    Emit = Callable[[Event], None]
+    Work = Callable[[Request, Emit, threading.Event], pb.Result]
+
+log = structlog.get_logger("buildd.servicer")
+T = TypeVar("T")
+
+
+class _End:
+    """The worker's last item: its outcome."""
+
+    def __init__(self, value: pb.Result | None = None, error: errors.BuilddError | None = None):
+        self.value = value
+        self.error = error
+
+
+class Servicer(buildd_pb2_grpc.BuilddServicer):
+    def __init__(
+        self,
+        config: Config,
+        address: str,
+        service: BuildService,
+        registry: SessionRegistry,
+        pool: Pool[EnvKey, Environment],
+        installer_name: str,
+        *,
+        blocking: Blocking,
+        auth: Authenticator | None = None,
+        transfers: Transfers | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self._config = config
+        # Who calls (auth.py), what they may hold (limits.py), bytes (transfers.py).
+        self._auth = auth or Authenticator()
+        self._limits = limits or Limits(config.caps)
+        self._transfers = transfers
+        self._service = service
+        self._registry = registry
+        self._blocking = blocking
+        self._metrics = service.metrics
+        self.status_source = StatusSource(
+            config, address, installer_name, time.time(), service, registry, pool
+        )
+        self.calls = Calls()
+        # Set by the daemon: begins a drain (the Shutdown RPC).
+        self.on_shutdown: Callable[[float], None] | None = None
+
+    # ------------------------------------------------------------ sessions --
+
+    async def OpenSession(self, request: pb.OpenSessionRequest, context: Context) -> pb.SessionInfo:
+        def run(who: Principal) -> pb.SessionInfo:
+            if self._service.draining:
+                raise errors.Unavailable("the daemon is shutting down and opens no sessions")
+            client_name = decode.client_name(request.client_name)
+            # Counting and opening under one lock: concurrent opens cannot pass the cap.
+            with self._limits.creating:
+                self._limits.check(who.name, "sessions", len(self._registry.all(who.name)))
+                session = self._registry.open(client_name, principal=who.name)
+            log.info(
+                "session_opened", session=session.id[:8], client=client_name, principal=who.name
+            )
+            return self._session_info(session.id, session.created_at, who.name)
+
+        return await self._unary(context, run)
+
+    async def JoinSession(self, request: pb.JoinSessionRequest, context: Context) -> pb.SessionInfo:
+        def run(who: Principal) -> pb.SessionInfo:
+            session = self._registry.get(request.session_id, principal=who.name)
+            return self._session_info(session.id, session.created_at, who.name)
+
+        return await self._unary(context, run, blocking=False)
+
+    async def KeepAlive(
+        self, request: pb.KeepAliveRequest, context: Context
+    ) -> AsyncIterator[pb.KeepAliveResponse]:
+        try:
+            interval = decode.keepalive_interval(request.interval_seconds, self._config.session_ttl)
+            who = self._who(context)
+            holder = self._registry.keepalive(request.session_id, principal=who.name)
+            holder.__enter__()
+        except errors.BuilddError as exc:
+            await failures.abort(context, exc, self._metrics)
+        # Waiting costs a sleeping coroutine; a cancel or disconnect raises in the sleep.
+        try:
+            while not self._service.draining:
+                yield pb.KeepAliveResponse(now=time.time())
+                await asyncio.sleep(interval)
+        finally:
+            holder.__exit__(None, None, None)
+
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Context
+    ) -> pb.CloseSessionResponse:
+        def run(who: Principal) -> pb.CloseSessionResponse:
+            session = self._registry.close(request.session_id, principal=who.name)
+            deleted, pending, stored = self._service.last_end_counts(session.id)
+            return pb.CloseSessionResponse(
+                environments_deleted=deleted,
+                environments_pending=pending,
+                environments_stored=stored,
+            )
+
+        return await self._unary(context, run)
+
+    # ---------------------------------------------------------- long calls --
+
+    async def GetRequires(
+        self, request: pb.GetRequiresRequest, context: Context
+    ) -> AsyncIterator[pb.Event]:
+        def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
+            dist = decode.distribution(request.distribution)
+            return encode.requires(self._service.get_requires(req, dist, emit, cancel))
+
+        async for event in self._stream(request.context, context, "get_requires", run):
+            yield event
+
+    async def PrepareMetadata(
+        self, request: pb.PrepareMetadataRequest, context: Context
+    ) -> AsyncIterator[pb.Event]:
+        def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
+            dist = decode.metadata_distribution(request.distribution)
+            return encode.metadata(self._service.prepare_metadata(req, dist, emit, cancel))
+
+        async for event in self._stream(request.context, context, "prepare_metadata", run):
+            yield event
+
+    async def Build(self, request: pb.BuildRequest, context: Context) -> AsyncIterator[pb.Event]:
+        def run(req: Request, emit: Emit, cancel: threading.Event) -> pb.Result:
+            dists = decode.distributions(request.distributions)
+            return encode.build(
+                self._service.build(
+                    req, dists, request.wheel_from_sdist, request.output_directory, emit, cancel
+                )
+            )
+
+        outdir = (("output_directory", request.output_directory),)
+        async for event in self._stream(request.context, context, "build", run, outdir):
+            yield event
+
+    async def WatchMetadata(
+        self, request: pb.WatchMetadataRequest, context: Context
+    ) -> AsyncIterator[pb.WatchMetadataEvent]:
+        # Waiting for changes costs this coroutine only; updates come from the
+        # watcher's and the preparing threads through call_soon_threadsafe.
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[WatchUpdate] = asyncio.Queue()
+
+        def deliver(update: WatchUpdate) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
+                loop.call_soon_threadsafe(updates.put_nowait, update)
+
+        try:
+            who = self._who(context)
+            dist = decode.metadata_distribution(request.distribution)
+            wire = request.context
+            # A watch sends no log lines: only metadata and failures.
+            req = dataclasses.replace(decode.context(wire, None, who.name), quiet=True)
+            self._auth.check_path(who, wire.source.path, "context.source.path")
+            with self._limits.acquire(who.name, "watches"):
+                # Opening sets up the tree's watcher (a walk of its folders): off the loop.
+                watch = await self._blocking(self._service.watches.open, req, dist, deliver)
+                try:
+                    while True:
+                        update = await updates.get()
+                        if update.final:
+                            if update.error is None:
+                                return
+                            raise update.error
+                        yield encode.watch_event(update)
+                finally:
+                    watch.end()
+        except errors.BuilddError as exc:
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "WatchMetadata")
+        await failures.abort(context, error, self._metrics, call="watch_metadata")
+
+    # --------------------------------------------------------------- status --
+
+    async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.StatusResponse:
+        def run(who: Principal) -> pb.StatusResponse:
+            return self.status_source.status(request.session_id, who)
+
+        return await self._unary(context, run, blocking=False)
+
+    async def PruneStore(
+        self, request: pb.PruneStoreRequest, context: Context
+    ) -> pb.PruneStoreResponse:
+        # Deletes folders: in the executor, off the event loop.
+        return await self._unary(context, lambda who: prune_store(self._service, request, who))
+
+    async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownResponse:
+        def run(who: Principal) -> pb.ShutdownResponse:
+            if self._auth.tokens_configured and not who.admin:
+                raise errors.PermissionDenied(
+                    f"Shutdown: principal {who.name!r} is not an admin of this daemon (--admin)"
+                )
+            if request.grace_seconds < 0:
+                raise errors.InvalidRequest(f"grace_seconds: {request.grace_seconds} is negative")
+            log.info("shutdown_requested", principal=who.name)
+            active = self.calls.active
+            if self.on_shutdown is None:
+                raise errors.Unavailable("this daemon cannot be stopped over the wire")
+            self.on_shutdown(request.grace_seconds or self._config.grace)
+            return pb.ShutdownResponse(active_calls=active)
+
+        return await self._unary(context, run, blocking=False)
+
+    # ------------------------------------------------- uploads, downloads --
+
+    async def FindMissingBlobs(
+        self, request: pb.FindMissingBlobsRequest, context: Context
+    ) -> pb.FindMissingBlobsResponse:
+        return await self._unary(
+            context, lambda who: self._transfers_for().find_missing(request, who)
+        )
+
+    async def UploadBlob(
+        self, request_iterator: AsyncIterator[pb.UploadBlobRequest], context: Context
+    ) -> pb.UploadBlobResponse:
+        try:
+            who = self._who(context)
+            with self._limits.acquire(who.name, "uploads"):
+                return await self._transfers_for().upload(request_iterator, who)
+        except errors.BuilddError as exc:
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "UploadBlob")
+        await failures.abort(context, error, self._metrics)
+
+    async def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: Context
+    ) -> AsyncIterator[pb.DownloadArtifactResponse]:
+        try:
+            async for response in self._transfers_for().download(request, self._who(context)):
+                yield response
+            return
+        except errors.BuilddError as exc:
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "DownloadArtifact")
+        await failures.abort(context, error, self._metrics)
+
+    async def ListInterpreters(
+        self, request: pb.ListInterpretersRequest, context: Context
+    ) -> pb.ListInterpretersResponse:
+        # Probing runs subprocesses (once per interpreter; cached after).
+        return await self._unary(context, lambda _who: encode.interpreters(discover_interpreters()))
+
+    def _transfers_for(self) -> Transfers:
+        if self._service.draining:
+            raise errors.Unavailable("the daemon is shutting down and takes no transfers")
+        if self._transfers is None:
+            raise errors.Unavailable("this daemon keeps no blob cache: uploads are off")
+        return self._transfers
+
+    @property
+    def address(self) -> str:
+        """The address status reports; the daemon sets it once the port is bound."""
+        return self.status_source.address
+
+    @address.setter
+    def address(self, value: str) -> None:
+        self.status_source = dataclasses.replace(self.status_source, address=value)
+
+    def _who(self, context: Context) -> Principal:
+        return self._auth.principal(context)
+
+    # ------------------------------------------------------------ plumbing --
+
+    def _session_info(self, session_id: str, created_at: float, principal: str) -> pb.SessionInfo:
+        return pb.SessionInfo(
+            session_id=session_id,
+            ttl_seconds=self._config.session_ttl,
+            created_at=created_at,
+            principal=principal,
+        )
+
+    async def _unary(
+        self, context: Context, run: Callable[[Principal], T], *, blocking: bool = True
+    ) -> T:
+        """Run a unary call's logic; errors become its status.
+
+        Logic that touches the disk runs in the blocking executor. Logic that
+        only reads the daemon's state under its short in-memory locks
+        (``blocking=False``) runs on the loop: a hop to the executor and back
+        would cost more than the call.
+        """
+        try:
+            who = self._who(context)
+            return await self._blocking(run, who) if blocking else run(who)
+        except errors.BuilddError as exc:
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "unary call")
+        await failures.abort(context, error, self._metrics)
+
+    async def _stream(
+        self,
+        wire: pb.BuildContext,
+        context: Context,
+        name: str,
+        run: Work,
+        paths: tuple[tuple[str, str], ...] = (),
+    ) -> AsyncIterator[pb.Event]:
+        started = time.monotonic()
+        cancel = threading.Event()
+        end_call = self.calls.call_started()
+
+        def over(_context: Any = None) -> None:
+            # Once the RPC is over (status sent, cancelled, or its coroutine
+            # ended): the hook is killed, and that is what a drain waits for.
+            cancel.set()
+            end_call()
+
+        # (The stubs type the callback as a class of their own.)
+        context.add_done_callback(over)  # type: ignore[arg-type]
+        try:
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else started + remaining
+            try:
+                who = self._who(context)
+                request = decode.context(wire, deadline, who.name)
+                for field, path in paths:
+                    if path:
+                        decode.check_absolute_path(path, field)
+                # A remote principal names daemon paths only under --allow-path.
+                for field, path in (("context.source.path", wire.source.path), *paths):
+                    self._auth.check_path(who, path, field)
+            except errors.BuilddError as exc:
+                yield pb.Event(failure=failures.failure(exc))
+                await failures.abort(context, exc, self._metrics, call=name)
+
+            bridge: Bridge[pb.Event | _End] = Bridge(asyncio.get_running_loop())
+            request_id = uuid.uuid4().hex[:12]
+
+            def emit(event: Event) -> None:
+                bridge.put(encode.event(event, started), cancel)
+
+            def work() -> None:
+                # Every log event of this request, from any module, carries these.
+                structlog.contextvars.bind_contextvars(
+                    request=request_id, call=name, session=request.session_id[:8]
+                )
+                try:
+                    end = _End(value=run(request, emit, cancel))
+                except errors.BuilddError as exc:
+                    end = _End(error=exc)
+                except Exception as exc:
+                    end = _End(error=failures.internal(exc, name))
+                bridge.put(end, cancel)
+
+            self.calls.start_worker(f"buildd-{name}", work)
+            while True:
+                item = await bridge.get()
+                if isinstance(item, pb.Event):
+                    yield item
+                elif item.error is None:
+                    assert item.value is not None
+                    yield pb.Event(result=item.value)
+                    return
+                else:
+                    yield pb.Event(failure=failures.failure(item.error))
+                    await failures.abort(
+                        context,
+                        item.error,
+                        self._metrics,
+                        call=name,
+                        session=request.session_id[:8],
+                    )
+        finally:
+            over()
