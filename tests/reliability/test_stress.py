@@ -142,10 +142,15 @@ class Monitor(threading.Thread):
 
     def _sample(self, client: Client) -> None:
         status = client.status()
+        # The caps hold per (principal, key) in the store, per (session, key) without it.
         per_key = Counter(
+            (env.principal, env.key_id) for row in status.store for env in row.environments
+        )
+        per_key.update(
             (session.session_id, env.key_id)
             for session in status.sessions
             for env in session.environments
+            if not env.store_key_id
         )
         self.max_total = max(self.max_total, sum(per_key.values()))
         self.max_per_key = max(self.max_per_key, max(per_key.values(), default=0))
@@ -258,6 +263,11 @@ def test_stress(make_daemon: MakeDaemon, tmp_path: Path) -> None:
 
     # Warm-up of the same shape: imports, gRPC threads, allocator arenas.
     warmup = _run_fleet(daemon, tmp_path / "warmup", sources, WARMUP_REQUESTS_PER_WORKER, SEED)
+    # The warm-up's environments stay in the store: empty it, so the run starts cold.
+    with Client(daemon.address, autostart=False) as client:
+        wait_until(
+            lambda: client.prune_store().environments_kept == 0, "the warm-up's leases to end"
+        )
     wait_until(lambda: not env_dirs(daemon.state_dir), "the warm-up's environments to go")
     rss_before = proc_status_kib(daemon.pid, "VmRSS")
 
@@ -410,7 +420,7 @@ def test_an_instance_evicted_while_its_session_ends_leaves_no_folder(tmp_path: P
     def instance_of(session_id: str) -> SimpleNamespace:
         path = state / "sessions" / session_id / "envs" / "env"
         path.mkdir(parents=True)
-        return SimpleNamespace(path=path)
+        return SimpleNamespace(path=path, in_store=False)
 
     one, two = registry.open("a"), registry.open("b")
     pool.acquire(one.id, "key", lambda: instance_of(one.id), deadline=None).release()

@@ -134,8 +134,9 @@ def proc_status_kib(pid: int, field: str) -> int:
 
 
 def env_dirs(state_dir: Path) -> list[Path]:
-    """Environment folders of every session under a daemon's state folder."""
-    return [p for p in (state_dir / "sessions").glob("*/envs/*") if p.is_dir()]
+    """Environment folders under a daemon's state folder: its store's, and sessions' own."""
+    stored = [p for p in (state_dir / "envs").glob("*/*/*") if p.name.isdigit()]
+    return sorted(stored) + [p for p in (state_dir / "sessions").glob("*/envs/*") if p.is_dir()]
 
 
 def leftovers(state_dir: Path) -> list[Path]:
@@ -185,7 +186,9 @@ class Bystander:
     def __init__(self, address: str, root: Path) -> None:
         self.address = address
         self.log = root / "bystander.log"
-        self.source = probe_project(root / "bystander", self.log)
+        # A key of its own: sessions of one principal share their store, so a
+        # request of the test under way must not even be able to lease it.
+        self.source = probe_project(root / "bystander", self.log, static_requires=["flit_core<4"])
         self.client = Client(address, autostart=False)
         self.session = self.client.open_session("bystander")
         self.session.metadata(str(self.source)).result()
