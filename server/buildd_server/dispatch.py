@@ -59,6 +59,8 @@ class Dispatcher(Generic[K, T]):
         # Keyed by id(): instances need not be hashable; the entry keeps them alive.
         self._entries: dict[int, Entry[K, T]] = {}
         self._creating: set[Slot[K]] = set()
+        # Who asked for each creation in flight (for status).
+        self._creators: dict[Slot[K], str] = {}
         # Instances being destroyed count against their slot and the total...
         self._destroying: Counter[Slot[K]] = Counter()
         # ...except evicted ones, whose share of the total went to a creation.
@@ -208,6 +210,7 @@ class Dispatcher(Generic[K, T]):
                 self._evicting[victim_slot] += 1
                 waiter.evicted.append((victim_slot, victim.instance))
             self._creating.add(slot)
+            self._creators[slot] = waiter.party
             waiter.may_create = True
             self._waiters.remove(waiter)
 
@@ -219,6 +222,7 @@ class Dispatcher(Generic[K, T]):
         if waiter.may_create:
             waiter.may_create = False
             self._creating.discard((waiter.owner, waiter.key))
+            self._creators.pop((waiter.owner, waiter.key), None)
             # No creation takes the evicted instance's share of the total now.
             for slot, _ in waiter.evicted:
                 _decrement(self._evicting, slot)
@@ -236,7 +240,7 @@ class Dispatcher(Generic[K, T]):
         self._changed()
         return doomed
 
-    def _release(self, entry: Entry[K, T], discard: bool) -> None:
+    def _release(self, entry: Entry[K, T], discard: bool, used: bool = True) -> None:
         with self._cond:
             destroy = discard or entry.owner in self._dropped
             if destroy:
@@ -244,8 +248,9 @@ class Dispatcher(Generic[K, T]):
             else:
                 entry.leased = False
                 entry.party = None
-                entry.last_used = self._clock()
-                entry.order = next(self._use)
+                if used:
+                    entry.last_used = self._clock()
+                    entry.order = next(self._use)
             self._changed()
         if destroy:
             self._destroy_counted((entry.owner, entry.key), entry.instance)

@@ -7,7 +7,8 @@ complete, and taken away while an install changes it, so that an instance
 without a marker is half-made and reclaimed at start (rule 7). The marker
 records what validation compares on every borrow (rule 5): the interpreter
 (its file's size and mtime), the key, and the digest of every installed file
-(manifest.py). Bytecode is compiled in the background (bytecode.py).
+(manifest.py); markers.py reads and writes it. Bytecode is compiled in the
+background (bytecode.py).
 """
 
 from __future__ import annotations
@@ -15,42 +16,43 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import secrets
 import shutil
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
-from . import errors, manifest, zygotes
+from . import errors, manifest, markers, zygotes
 from .bytecode import COMPILER, Compiler
 from .events import Emit, Event, Log, LogSource, Phase
-from .interpreters import Interpreter
-from .keys import EnvKey
+from .markers import LEASE_FILE, METADATA_FILE, OFF_FILE, mark_leased, unmark_leased
 from .processes import TAIL_LINES, mentions_enospc, run_process
 from .venvs import make_venv
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from .config import InstallerOptions
     from .installers import Installer
+    from .interpreters import Interpreter
+    from .keys import EnvKey
 
 log = structlog.get_logger("buildd.environments")
 
-METADATA_FILE = "buildd-env.json"
-# While an install changes the instance, the marker waits under this name.
-_OFF = METADATA_FILE + ".off"
-# Present while a request holds the instance: one found at start was leased
-# when the daemon died, so its state is unknown (rule 5).
-LEASE_FILE = "buildd-lease"
-_FORMAT = 2
+__all__ = [
+    "LEASE_FILE",
+    "METADATA_FILE",
+    "Environment",
+    "EnvironmentFactory",
+    "Placement",
+    "mark_leased",
+    "unmark_leased",
+]
 
 
 @dataclass(frozen=True)
@@ -199,12 +201,12 @@ class EnvironmentFactory:
                 key_dir=placement.key_dir,
                 slot=placement.slot,
                 cache_dir=placement.cache_dir,
-                interpreter_stamp=_stamp(interpreter.executable),
+                interpreter_stamp=markers.stamp(interpreter.executable),
                 created_by=party,
             )
             found = manifest.survey(str(path))
             env.fingerprint, env.size_bytes = found.digest, found.size_bytes
-            _write_metadata(env)
+            markers.write(env)
         except BaseException as exc:
             shutil.rmtree(path, ignore_errors=True)
             mapped = _mapped(exc, f"creating environment {path} for {interpreter.executable}", path)
@@ -236,20 +238,20 @@ class EnvironmentFactory:
         marker = env.path / METADATA_FILE
         try:
             # No marker while the files change: a crash now leaves a half-made instance.
-            os.replace(marker, env.path / _OFF)
+            os.replace(marker, env.path / OFF_FILE)
             self._install(
                 env.python, env.path, env.key.id, requirements, env.cache_dir, emit, cancel
             )
             env.key = env.key.with_requirements(requirements)
             found = manifest.survey(str(env.path))
             env.fingerprint, env.size_bytes = found.digest, found.size_bytes
-            _write_metadata(env)
-            (env.path / _OFF).unlink(missing_ok=True)
+            markers.write(env)
+            (env.path / OFF_FILE).unlink(missing_ok=True)
         except BaseException as exc:
             # Unchanged after all (the installer stopped before touching it): keep it whole.
             with contextlib.suppress(OSError):
                 if manifest.digest(str(env.path)) == env.fingerprint:
-                    os.replace(env.path / _OFF, marker)
+                    os.replace(env.path / OFF_FILE, marker)
             mapped = _mapped(exc, f"installing {', '.join(requirements)} into {env.path}", env.path)
             if mapped is exc:
                 raise
@@ -263,9 +265,9 @@ class EnvironmentFactory:
         started = time.perf_counter()
         try:
             valid = (
-                _stamp(env.interpreter.executable) == env.interpreter_stamp
+                markers.stamp(env.interpreter.executable) == env.interpreter_stamp
                 and os.access(env.python, os.X_OK)  # follows the link to the base python
-                and _marker_matches(env)
+                and markers.matches(env)
                 and manifest.digest(str(env.path)) == env.fingerprint
             )
         except (OSError, ValueError, AttributeError, TypeError):
@@ -281,54 +283,9 @@ class EnvironmentFactory:
         zygotes.stop(env.id, "destroyed")
         shutil.rmtree(env.path, ignore_errors=True)
 
-    # -------------------------------------------------------------- load --
-
     def load(self, path: Path, owner: str) -> Environment | None:
         """The instance described by ``path``'s marker (not validated); None if unmarked."""
-        try:
-            data = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
-            if data.get("format") != _FORMAT:
-                return None
-            key_part = data["key"]
-            key = EnvKey(
-                interpreter=tuple(key_part["interpreter"]),
-                requirements=tuple(key_part["requirements"]),
-                installer=str(key_part["installer"]),
-                installer_options=tuple(tuple(p) for p in key_part["installer_options"]),
-                isolation=str(key_part["isolation"]),
-            )
-            facts = data["interpreter"]
-            interpreter = Interpreter(
-                executable=str(facts["executable"]),
-                implementation=str(facts["implementation"]),
-                version=str(facts["version"]),
-                platform=str(facts["platform"]),
-                markers=tuple((str(k), str(v)) for k, v in facts["markers"]),
-            )
-            if key.id != data["key_id"] or interpreter.identity() != key.interpreter:
-                return None
-            stamp = data["interpreter_stamp"]
-            return Environment(
-                id=str(data["id"]),
-                path=path,
-                key=key,
-                interpreter=interpreter,
-                python=path / data["python"],
-                site_packages=path / data["site_packages"],
-                created_at=float(data["created_at"]),
-                last_used_at=float(data["created_at"]),
-                fingerprint=str(data["digest"]),
-                fork_server=self.fork_server,
-                owner=owner,
-                principal=str(data["principal"]),
-                key_dir=str(data["key_dir"]),
-                slot=int(data["slot"]),
-                cache_dir=Path(data["cache_dir"]) if data.get("cache_dir") else None,
-                size_bytes=int(data["size_bytes"]),
-                interpreter_stamp=(int(stamp[0]), int(stamp[1])),
-            )
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            return None
+        return markers.load(path, owner, fork_server=self.fork_server)
 
     # ---------------------------------------------------------- internals --
 
@@ -402,82 +359,6 @@ class EnvironmentFactory:
                 self.on_resized(env)
 
         self.compiler.start(env.id, env.python, env.site_packages, backend, on_done=done)
-
-
-def mark_leased(env: Environment) -> None:
-    """Record on disk that a request holds ``env`` (see LEASE_FILE).
-
-    Raises ResourceExhausted when the disk is too full to create even that
-    empty file; the instance is untouched then.
-    """
-    try:
-        (env.path / LEASE_FILE).touch()
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise errors.ResourceExhausted(
-                f"no space left on device to lease environment {env.path}: {exc}",
-                path=str(env.path),
-            ) from exc
-        raise errors.BuilddError(f"cannot lease environment {env.path}: {exc}") from exc
-
-
-def unmark_leased(env: Environment) -> None:
-    with contextlib.suppress(OSError):
-        (env.path / LEASE_FILE).unlink()
-
-
-def _marker_matches(env: Environment) -> bool:
-    data = json.loads((env.path / METADATA_FILE).read_text(encoding="utf-8"))
-    return bool(
-        data.get("id") == env.id
-        and data.get("key_id") == env.key.id
-        and data.get("digest") == env.fingerprint
-    )
-
-
-def _stamp(executable: str) -> tuple[int, int]:
-    info = os.stat(executable)
-    return (info.st_size, info.st_mtime_ns)
-
-
-def _write_metadata(env: Environment) -> None:
-    key = env.key
-    interpreter = env.interpreter
-    data = {
-        "format": _FORMAT,
-        "id": env.id,
-        "key_id": key.id,
-        "key": {
-            "interpreter": list(key.interpreter),
-            "requirements": list(key.requirements),
-            "installer": key.installer,
-            "installer_options": [list(pair) for pair in key.installer_options],
-            "isolation": key.isolation,
-        },
-        "interpreter": {
-            "executable": interpreter.executable,
-            "implementation": interpreter.implementation,
-            "version": interpreter.version,
-            "platform": interpreter.platform,
-            "markers": [list(pair) for pair in interpreter.markers],
-        },
-        "interpreter_stamp": list(env.interpreter_stamp),
-        "python": os.path.relpath(env.python, env.path),
-        "site_packages": os.path.relpath(env.site_packages, env.path),
-        "digest": env.fingerprint,
-        "size_bytes": env.size_bytes,
-        "principal": env.principal,
-        "key_dir": env.key_dir,
-        "slot": env.slot,
-        "cache_dir": str(env.cache_dir) if env.cache_dir is not None else "",
-        "created_at": env.created_at,
-        "daemon_pid": os.getpid(),
-        "daemon_python": sys.executable,
-    }
-    target = env.path / METADATA_FILE
-    scratch = env.path / (METADATA_FILE + ".tmp")
-    scratch.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(scratch, target)
 
 
 def _mapped(exc: BaseException, what: str, path: Path) -> BaseException:

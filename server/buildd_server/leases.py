@@ -88,7 +88,7 @@ class Waiter(Generic[K, T]):
 
 
 class _Releaser(Protocol):
-    def _release(self, entry: Any, discard: bool) -> None: ...
+    def _release(self, entry: Any, discard: bool, used: bool) -> None: ...
 
     def _rekey(self, entry: Any, new_key: Any) -> None: ...
 
@@ -124,12 +124,16 @@ class Lease(Generic[T]):
     def party(self) -> str | None:
         return self._entry.party
 
-    def release(self, discard: bool = False) -> None:
-        """Give the instance back, or destroy it when ``discard``; idempotent."""
+    def release(self, discard: bool = False, *, used: bool = True) -> None:
+        """Give the instance back, or destroy it when ``discard``; idempotent.
+
+        ``used=False``: a check, not a use; the instance keeps its place in
+        the least-recently-used order.
+        """
         if self._released:
             return
         self._released = True
-        self._pool._release(self._entry, discard)
+        self._pool._release(self._entry, discard, used)
 
     def rekey(self, new_key: Hashable) -> None:
         """Move the instance to ``new_key``'s pool (dynamic requirements, rule 3).

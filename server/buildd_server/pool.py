@@ -207,6 +207,13 @@ class Pool(Dispatcher[K, T], Generic[K, T]):
         with self._cond:
             return list(self._creating)
 
+    def creations(self) -> list[tuple[str, K, str]]:
+        """(owner, key, party asking) of every creation in flight, for status."""
+        with self._cond:
+            return [
+                (owner, key, self._creators.get((owner, key), "")) for owner, key in self._creating
+            ]
+
     def total(self) -> int:
         """What counts against ``max_total``: instances, creations, destructions."""
         with self._cond:
@@ -290,10 +297,12 @@ class Pool(Dispatcher[K, T], Generic[K, T]):
         except BaseException:
             with self._cond:
                 self._creating.discard(slot)
+                self._creators.pop(slot, None)
                 self._changed()
             raise
         with self._cond:
             self._creating.discard(slot)
+            self._creators.pop(slot, None)
             dropped = waiter.owner in self._dropped
             ended = waiter.party in self._ended
             duplicate = id(instance) in self._entries

@@ -157,7 +157,7 @@ class StoreKeeper:
                 pending += leased_by.get(id(env)) == party
                 continue
             valid = self.validate(env, "session_end")
-            lease.release(discard=not valid)
+            lease.release(discard=not valid, used=False)
             stored += valid
             deleted += not valid
         self.store.flush()
@@ -271,7 +271,7 @@ class StoreKeeper:
                 # compile stopped with the last daemon goes on where it was.
                 env.size_bytes = manifest.survey(str(env.path)).size_bytes
                 self.factory.compile(env)
-            lease.release(discard=not valid)
+            lease.release(discard=not valid, used=False)
 
     def _measure_caches(self) -> None:
         with self._lock:

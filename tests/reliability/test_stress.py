@@ -227,10 +227,14 @@ def _run_fleet(
 def _overlaps(
     finished: list[dict[str, Any]], started: list[dict[str, Any]]
 ) -> tuple[int, int, int]:
-    """(overlapping pairs, starts after a killed call, killed calls) per instance."""
+    """(overlapping pairs, starts after a killed call, killed calls) per instance.
+
+    Instances are told apart by the id in their marker, not by path: the store
+    may put a new instance at the path of a discarded one.
+    """
     by_prefix: dict[str, list[tuple[float, float]]] = {}
     for record in finished:
-        by_prefix.setdefault(record["prefix"], []).append((record["start"], record["end"]))
+        by_prefix.setdefault(record["instance"], []).append((record["start"], record["end"]))
     overlapping = 0
     for calls in by_prefix.values():
         calls.sort()
@@ -244,9 +248,9 @@ def _overlaps(
     done = {(r["pid"], r["hook"]) for r in finished}
     starts: dict[str, list[float]] = {}
     for record in started:
-        starts.setdefault(record["prefix"], []).append(record["start"])
+        starts.setdefault(record["instance"], []).append(record["start"])
     killed = [r for r in started if (r["pid"], r["hook"]) not in done]
-    after_kill = sum(1 for k in killed for start in starts[k["prefix"]] if start > k["start"])
+    after_kill = sum(1 for k in killed for start in starts[k["instance"]] if start > k["start"])
     return overlapping, after_kill, len(killed)
 
 
@@ -316,7 +320,7 @@ def test_stress(make_daemon: MakeDaemon, tmp_path: Path) -> None:
         "hook_calls_finished": len(finished),
         "hook_calls_started": len(starts),
         "hook_calls_killed": killed,
-        "instances": len({r["prefix"] for r in starts}),
+        "instances": len({r["instance"] for r in starts}),
         "overlapping_calls": overlapping,
         "starts_after_a_kill": after_kill,
         "max_envs_status": monitor.max_total,

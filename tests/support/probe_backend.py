@@ -96,7 +96,7 @@ def _enter(hook):
     config = _config()
     if config.get("start_log"):
         # Written before the hold: a call killed mid-hook leaves this line only.
-        _append(config["start_log"], {"hook": hook, "pid": os.getpid(), "prefix": sys.prefix, "start": started})
+        _append(config["start_log"], {"hook": hook, "pid": os.getpid(), "prefix": sys.prefix, "instance": _instance_id(), "start": started})
     _INHERITED[hook] = os.environ.get("BUILDD_PROBE_MARKER")
     print(f"probe: {hook} starting in {sys.prefix} pid {os.getpid()}", flush=True)
     # Leaks into the next call only if the daemon reused this process.

@@ -1024,3 +1024,19 @@ def test_discard_idle_takes_only_idle_unreserved_instances() -> None:
     assert pool.discard_idle(lease.instance) is True
     assert fakes.destroyed == [lease.instance] and pool.total() == 0
     assert pool.discard_idle(lease.instance) is False
+
+
+def test_a_check_lease_keeps_the_instance_s_place_in_recency() -> None:
+    clock = FakeClock()
+    pool, fakes = make_pool(clock=clock)
+    old, new = acquire(pool, fakes, "a"), acquire(pool, fakes, "a")
+    old.release()
+    clock.advance(10)
+    new.release()
+    check = pool.try_lease(old.instance, party="check")
+    assert check is not None
+    clock.advance(10)
+    check.release(used=False)
+    # Still the least recently used: first in the snapshot, oldest for age-based eviction.
+    assert [e.instance for e in pool.snapshot()] == [old.instance, new.instance]
+    assert pool.evict_idle(older_than=15) == [old.instance]

@@ -2051,6 +2051,8 @@ Global___StoreKeyStatus: _TypeAlias = StoreKeyStatus  # noqa: Y015
 
 @_typing.final
 class PruneStoreRequest(_message.Message):
+    """Which idle environments PruneStore deletes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OLDER_THAN_SECONDS_FIELD_NUMBER: _builtins.int
@@ -2075,6 +2077,8 @@ Global___PruneStoreRequest: _TypeAlias = PruneStoreRequest  # noqa: Y015
 
 @_typing.final
 class PruneStoreResponse(_message.Message):
+    """What PruneStore deleted and what it left."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVIRONMENTS_REMOVED_FIELD_NUMBER: _builtins.int

@@ -40,7 +40,7 @@ class StatusSource:
         registry = self.registry
         sessions = [registry.peek(only, principal=scope)] if only else registry.all(scope)
         entries = self.pool.snapshot()
-        creating = self.pool.creating()
+        creating = self.pool.creations()
         response = pb.StatusResponse(
             daemon=pb.DaemonInfo(
                 pid=os.getpid(),
@@ -78,8 +78,9 @@ class StatusSource:
                 info = environment_info(entry)
                 info.sources.extend(self.service.sources_of(session.id, entry.instance))
                 status.environments.append(info)
-            for owner, key in creating:
-                if owner == session.id:
+            for owner, key, party in creating:
+                # Its own (--no-store), or one it asked its principal's store for.
+                if session.id in (owner, party):
                     # Not an instance yet: no id, no path, only what it is made for.
                     status.environments.add(
                         key_id=key.id,
