@@ -143,6 +143,7 @@ def status_to_json(status: pb.StatusResponse) -> dict[str, Any]:
             "max_envs": daemon.max_envs,
             "max_envs_per_key": daemon.max_envs_per_key,
             "draining": daemon.draining,
+            "daemon_id": daemon.daemon_id,
             "store_enabled": daemon.store_enabled,
             "store_size_limit_bytes": daemon.store_size_limit_bytes,
             "store_ttl_seconds": daemon.store_ttl_seconds,
@@ -184,6 +185,7 @@ def status_text(status: pb.StatusResponse) -> str:
     lines = [
         f"daemon: pid {daemon.pid}, buildd {daemon.version}, installer {daemon.installer}"
         + (", draining" if daemon.draining else ""),
+        *([f"  id:      {daemon.daemon_id}"] if daemon.daemon_id else []),
         f"  address: {daemon.address}",
         f"  state:   {daemon.state_dir}",
         f"  caps:    {daemon.max_envs} environments, {daemon.max_envs_per_key} per key",

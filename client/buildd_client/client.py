@@ -20,6 +20,7 @@ from buildd_client.calls import Call
 from buildd_client.credentials import Credentials
 from buildd_client.errors import DaemonUnavailable, RequestFailed
 from buildd_client.keepalive import KeepAlive
+from buildd_client.routing import SessionHeader, new_session_id, session_metadata
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -106,7 +107,11 @@ class Client:
         self.started_daemon = False
         self._connect(autostart, connect_timeout)
         self._channel = self.credentials.channel(self.address, _CHANNEL_OPTIONS)
-        self._stub = buildd_pb2_grpc.BuilddStub(self._channel)
+        # Every call naming a session carries it as the routing header, so a
+        # proxy in front of several daemons keeps the session on its daemon.
+        self._stub = buildd_pb2_grpc.BuilddStub(
+            grpc.intercept_channel(self._channel, SessionHeader())
+        )
 
     @property
     def is_remote(self) -> bool:
@@ -148,9 +153,17 @@ class Client:
 
     # ------------------------------------------------------------ sessions --
 
-    def open_session(self, client_name: str = "") -> Session:
-        """Open a new session on the daemon."""
-        request = pb.OpenSessionRequest(client_name=client_name or f"buildd_client/{__version__}")
+    def open_session(self, client_name: str = "", *, session_id: str | None = None) -> Session:
+        """Open a new session on the daemon.
+
+        The client proposes the id (``session_id``, else a fresh random one) and
+        sends it as the routing header already, so that behind a proxy the
+        session opens on the daemon that all its later calls will reach.
+        """
+        request = pb.OpenSessionRequest(
+            client_name=client_name or f"buildd_client/{__version__}",
+            session_id=session_id or new_session_id(),
+        )
         info = self._unary(self._stub.OpenSession, request)
         return Session(self, info)
 
@@ -444,20 +457,23 @@ class Session:
         """Pack ``source`` (a tree; an sdist goes as it is) and upload it if the daemon
         lacks it; returns its digest, to pass as the ``source`` of any request.
 
-        Uploads belong to no session: the daemon's cache is shared by digest.
+        The daemon's cache is shared by digest; the upload carries this
+        session's routing header so that, behind a proxy, it reaches the
+        daemon that holds the session (and fails when that session is gone).
         """
         import tempfile
         from pathlib import Path
 
         from buildd_client import remote
 
+        routing = session_metadata(self.id)
         if isinstance(source, remote.PackedSource):
-            remote.upload(self._client.stub, source, force=force)
+            remote.upload(self._client.stub, source, force=force, metadata=routing)
             return source.digest
 
         with tempfile.TemporaryDirectory(prefix="buildd-upload-") as work:
             packed = remote.pack_source(source, Path(work))
-            remote.upload(self._client.stub, packed, force=force)
+            remote.upload(self._client.stub, packed, force=force, metadata=routing)
         return packed.digest
 
     def download(

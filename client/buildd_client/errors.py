@@ -34,6 +34,7 @@ _USAGE_KINDS = frozenset(
         pb.FAILURE_KIND_INTERPRETER_NOT_FOUND,
         pb.FAILURE_KIND_PERMISSION_DENIED,
         pb.FAILURE_KIND_UNAUTHENTICATED,
+        pb.FAILURE_KIND_SESSION_EXISTS,
     }
 )
 
@@ -50,6 +51,8 @@ _KIND_OF_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.CANCELLED: pb.FAILURE_KIND_CANCELLED,
     grpc.StatusCode.RESOURCE_EXHAUSTED: pb.FAILURE_KIND_RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAVAILABLE: pb.FAILURE_KIND_UNAVAILABLE,
+    # Only OpenSession answers it: the proposed session id is taken.
+    grpc.StatusCode.ALREADY_EXISTS: pb.FAILURE_KIND_SESSION_EXISTS,
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_DAEMON_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _env(name: str, default: str = "") -> str:
@@ -323,6 +326,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback TCP address without TLS and tokens",
     )
+    parser.add_argument(
+        "--daemon-id",
+        default=_env("DAEMON_ID"),
+        metavar="NAME",
+        help="this daemon's name among several behind one proxy, shown in status and "
+        "in every session (default: $BUILDD_DAEMON_ID, else the host name)",
+    )
     _add_remote_options(parser)
     _add_cap_options(parser)
     return parser
@@ -365,6 +375,11 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
             parser.error(f"--max-{name}-per-principal must be at least 1")
     if args.grace < 0 or args.idle_timeout < 0:
         _parser().error("--grace and --idle-timeout must not be negative")
+    if args.daemon_id and not _DAEMON_ID.fullmatch(args.daemon_id):
+        parser.error(
+            f"--daemon-id {args.daemon_id[:80]!r}: 1-64 characters from A-Z, a-z, 0-9, "
+            "'.', '_', '-', beginning with a letter or digit"
+        )
     find_links = tuple(
         str(Path(link).resolve()) if "://" not in link else link for link in args.find_links
     )
@@ -393,6 +408,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         store=not args.no_store,
         store_size=args.store_size,
         store_ttl=args.store_ttl,
+        # In a Kubernetes StatefulSet the host name is the pod name (buildd-0...).
+        daemon_id=args.daemon_id or socket.gethostname()[:64],
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,

@@ -113,3 +113,5 @@ class Config:
     caps: PrincipalCaps = field(default_factory=PrincipalCaps)
     # Open WatchMetadata streams per session (watches.py).
     max_watches_per_session: int = 64
+    # This daemon's name among several behind one proxy (docs/scale-out.md).
+    daemon_id: str = ""

@@ -126,7 +126,9 @@ class Daemon:
             destroy=destroy,
             validate=validate,
         )
-        self.registry = SessionRegistry(sessions_root, self.config.session_ttl, on_end)
+        self.registry = SessionRegistry(
+            sessions_root, self.config.session_ttl, on_end, daemon_id=self.config.daemon_id
+        )
         self.metrics = Metrics()
         self.store = Store(self.config.state_dir / "envs", enabled=self.config.store)
         self.keeper = StoreKeeper(
@@ -196,6 +198,7 @@ class Daemon:
         log.info(
             "daemon_started",
             address=self.address.target,
+            daemon_id=self.config.daemon_id,
             pid=os.getpid(),
             state_dir=str(self.config.state_dir),
             installer=installer.name,

@@ -112,6 +112,13 @@ class SessionEnded(SessionNotFound):
     kind = pb.FAILURE_KIND_SESSION_ENDED
 
 
+class SessionExists(BuilddError):
+    """The session id proposed to OpenSession is taken by the caller's own session."""
+
+    status = grpc.StatusCode.ALREADY_EXISTS
+    kind = pb.FAILURE_KIND_SESSION_EXISTS
+
+
 class InterpreterNotFound(BuilddError):
     """The requested Python interpreter cannot be found or run."""
 

@@ -51,6 +51,8 @@ def test_example_client_does_a_plugin_authors_job(
     assert interpreters["count"] >= 1
     assert interpreters["first"]["source"] == "INTERPRETER_SOURCE_DAEMON"
     assert by_step["keepalive"] == [{"step": "keepalive", "heartbeat": True}]
+    [opened] = by_step["session_opened"]
+    assert opened["proposed_id_kept"] is True and opened["daemon_id"]
 
     [metadata] = by_step["metadata"]
     assert (metadata["name"], metadata["version"]) == ("demo-hatch", "3.0")
@@ -81,6 +83,9 @@ def test_example_client_does_a_plugin_authors_job(
     assert missing["code"] == "NOT_FOUND" and missing["action"] == "fix-input"
     never = errors["JoinSession", "SESSION_NOT_FOUND"]
     assert never["code"] == "NOT_FOUND" and never["action"] == "reopen-session"
+    # The example sends the routing header: one naming another session is refused.
+    routed = errors["JoinSession", "INVALID_REQUEST"]
+    assert routed["code"] == "INVALID_ARGUMENT" and routed["fields"] == ["session_id"]
     ended = errors["JoinSession", "SESSION_ENDED"]
     assert ended["code"] == "NOT_FOUND" and ended["metadata"]["end_reason"] == "closed"
     # The environment stays in the principal's store (the daemon keeps one).

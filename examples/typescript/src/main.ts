@@ -66,6 +66,29 @@ function say(step: string, fields: Record<string, unknown> = {}): void {
   process.stdout.write(JSON.stringify({ step, ...fields }) + '\n');
 }
 
+/**
+ * A session id to propose to OpenSession: 32 URL-safe characters from a
+ * secure random source, never beginning with '-' or '_' (the daemon's own
+ * shape). Proposing it lets the very first call carry the routing header.
+ */
+function newSessionId(): string {
+  for (;;) {
+    const id = crypto.randomBytes(24).toString('base64url');
+    if (!id.startsWith('-') && !id.startsWith('_')) return id;
+  }
+}
+
+/**
+ * The call metadata for a call of `sessionId`: the token, plus the header
+ * `x-buildd-session` by which a proxy in front of several daemons keeps the
+ * session on its daemon (docs/scale-out.md). Every call naming a session sends it.
+ */
+function forSession(base: grpc.Metadata, sessionId: string): grpc.Metadata {
+  const metadata = base.clone();
+  metadata.set('x-buildd-session', sessionId);
+  return metadata;
+}
+
 function deadline(seconds: number): grpc.CallOptions {
   return { deadline: Date.now() + seconds * 1000 };
 }
@@ -151,14 +174,26 @@ async function main(): Promise<void> {
     first: daemonOwn ? { version: daemonOwn.version, source: daemonOwn.source } : null,
   });
 
+  const proposed = newSessionId();
   let session = await unary<SessionInfo__Output>((cb) =>
-    client.OpenSession({ client_name: CLIENT_NAME }, metadata, deadline(30), cb),
+    client.OpenSession(
+      { client_name: CLIENT_NAME, session_id: proposed },
+      forSession(metadata, proposed),
+      deadline(30),
+      cb,
+    ),
   );
-  say('session_opened', { principal: session.principal, ttl_seconds: session.ttl_seconds });
+  say('session_opened', {
+    principal: session.principal,
+    ttl_seconds: session.ttl_seconds,
+    daemon_id: session.daemon_id,
+    proposed_id_kept: session.session_id === proposed,
+  });
+  let routed = forSession(metadata, session.session_id);
 
   // Hold the session while we work: the daemon sends heartbeats; when this
   // stream breaks, the session's idle clock starts.
-  const keepalive = client.KeepAlive({ session_id: session.session_id, interval_seconds: 1 }, metadata);
+  const keepalive = client.KeepAlive({ session_id: session.session_id, interval_seconds: 1 }, routed);
   keepalive.on('error', () => undefined); // cancelled below: CANCELLED is expected
   await new Promise<void>((resolve) => keepalive.once('data', () => resolve()));
   say('keepalive', { heartbeat: true });
@@ -173,7 +208,7 @@ async function main(): Promise<void> {
   const seen: string[] = [];
   let logLines = 0;
   const metadataCall = await finish(
-    client.PrepareMetadata({ context, distribution: 'DISTRIBUTION_WHEEL' }, metadata, deadline(300)),
+    client.PrepareMetadata({ context, distribution: 'DISTRIBUTION_WHEEL' }, routed, deadline(300)),
     details,
     (event) => {
       if (event.kind === 'phase' && event.phase) {
@@ -200,7 +235,7 @@ async function main(): Promise<void> {
   const buildCall = await finish(
     client.Build(
       { context, distributions: ['DISTRIBUTION_WHEEL'], output_directory: options.out },
-      metadata,
+      routed,
       deadline(600),
     ),
     details,
@@ -221,7 +256,7 @@ async function main(): Promise<void> {
     let received = 0;
     const download = client.DownloadArtifact(
       { session_id: session.session_id, path: artifact.path },
-      metadata,
+      routed,
       deadline(120),
     );
     download.on('data', (message) => {
@@ -247,7 +282,7 @@ async function main(): Promise<void> {
   // (what a misspelt enum name becomes) is refused, naming the field:
   const unspecified: Distribution = 'DISTRIBUTION_UNSPECIFIED';
   const bad = await finish(
-    client.PrepareMetadata({ context, distribution: unspecified }, metadata, deadline(60)),
+    client.PrepareMetadata({ context, distribution: unspecified }, routed, deadline(60)),
     details,
     () => undefined,
   );
@@ -263,7 +298,7 @@ async function main(): Promise<void> {
   const missing = await finish(
     client.GetRequires(
       { context: { ...context, source: { path: path.join(options.out, 'no-such-project') } }, distribution: 'DISTRIBUTION_WHEEL' },
-      metadata,
+      routed,
       deadline(60),
     ),
     details,
@@ -271,9 +306,19 @@ async function main(): Promise<void> {
   );
   if (missing.trailer) reportError('GetRequires', missing.trailer);
   // A session this daemon never knew (a unary call: the trailer is all there is):
+  const unknown = 'x'.repeat(32);
   try {
     await unary<SessionInfo__Output>((cb) =>
-      client.JoinSession({ session_id: 'x'.repeat(32) }, metadata, deadline(30), cb),
+      client.JoinSession({ session_id: unknown }, forSession(metadata, unknown), deadline(30), cb),
+    );
+  } catch (error) {
+    reportError('JoinSession', fromServiceError(details, error as grpc.ServiceError));
+  }
+  // A routing header that names another session than the request is refused
+  // (a proxy would have routed the call by the header):
+  try {
+    await unary<SessionInfo__Output>((cb) =>
+      client.JoinSession({ session_id: session.session_id }, forSession(metadata, unknown), deadline(30), cb),
     );
   } catch (error) {
     reportError('JoinSession', fromServiceError(details, error as grpc.ServiceError));
@@ -283,7 +328,7 @@ async function main(): Promise<void> {
   // (not that it never existed) and opens a new session.
   keepalive.cancel();
   const closed = await unary<CloseSessionResponse__Output>((cb) =>
-    client.CloseSession({ session_id: session.session_id }, metadata, deadline(60), cb),
+    client.CloseSession({ session_id: session.session_id }, routed, deadline(60), cb),
   );
   say('session_closed', {
     environments_deleted: closed.environments_deleted,
@@ -291,17 +336,24 @@ async function main(): Promise<void> {
   });
   try {
     await unary<SessionInfo__Output>((cb) =>
-      client.JoinSession({ session_id: session.session_id }, metadata, deadline(30), cb),
+      client.JoinSession({ session_id: session.session_id }, routed, deadline(30), cb),
     );
   } catch (caught) {
     const error = fromServiceError(details, caught as grpc.ServiceError);
     reportError('JoinSession', error);
     if (actionFor(error) === 'reopen-session') {
+      const again = newSessionId();
       session = await unary<SessionInfo__Output>((cb) =>
-        client.OpenSession({ client_name: CLIENT_NAME }, metadata, deadline(30), cb),
+        client.OpenSession(
+          { client_name: CLIENT_NAME, session_id: again },
+          forSession(metadata, again),
+          deadline(30),
+          cb,
+        ),
       );
+      routed = forSession(metadata, session.session_id);
       await unary<CloseSessionResponse__Output>((cb) =>
-        client.CloseSession({ session_id: session.session_id }, metadata, deadline(60), cb),
+        client.CloseSession({ session_id: session.session_id }, routed, deadline(60), cb),
       );
       say('reopened', { closed_again: true });
     }

@@ -47,6 +47,21 @@ them, and every other principal gets NOT_FOUND for them, exactly as for an
 unknown id. Without tokens, callers on a Unix socket or a loopback address
 are the principal "local"; other callers (only with --insecure) are
 "anonymous".
+
+Routing (see docs/scale-out.md): several daemons may stand behind one
+address, a proxy pinning each session to the daemon that holds it by
+hashing the metadata `x-buildd-session: <session id>`. A client sends it on
+every call that names a session: OpenSession (with the id it proposes in
+`OpenSessionRequest.session_id`), JoinSession, KeepAlive, CloseSession,
+GetRequires, PrepareMetadata, WatchMetadata, Build, GetStatus with a
+`session_id`, DownloadArtifact, and also FindMissingBlobs and UploadBlob, whose messages
+name no session: the header says which session the upload is for, so that
+it reaches the daemon that will build it. When the header is present on a
+call whose request names a session, the two must be equal
+(INVALID_ARGUMENT otherwise); on FindMissingBlobs and UploadBlob it must
+name a live session of the caller (NOT_FOUND otherwise, as for any unknown
+session). Calls without the header (health checks, Shutdown, GetStatus of
+the whole daemon) may reach any daemon.
 """
 
 from collections import abc as _abc
@@ -364,7 +379,9 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     """The daemon may not read the source. PERMISSION_DENIED."""
     FAILURE_KIND_SESSION_NOT_FOUND: _FailureKind.ValueType  # 5
     """The session id is malformed, or this daemon never knew it (or it is
-    another principal's). NOT_FOUND.
+    another principal's). NOT_FOUND. Behind a proxy this is also the answer
+    for a session whose daemon stopped or was lost (another daemon gets its
+    calls and does not know it): open a new session.
     """
     FAILURE_KIND_INTERPRETER_NOT_FOUND: _FailureKind.ValueType  # 6
     """The requested interpreter could not be found or run. FAILED_PRECONDITION."""
@@ -414,6 +431,11 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     """The call carries no bearer token, or one the daemon does not know.
     UNAUTHENTICATED.
     """
+    FAILURE_KIND_SESSION_EXISTS: _FailureKind.ValueType  # 23
+    """The session id proposed to OpenSession is taken by a live or recently
+    ended session of the same principal: propose another (a fresh random one).
+    ALREADY_EXISTS.
+    """
 
 class FailureKind(_FailureKind, metaclass=_FailureKindEnumTypeWrapper):
     """Why a request failed. Each kind has exactly one gRPC status code (given
@@ -437,7 +459,9 @@ FAILURE_KIND_SOURCE_UNREADABLE: FailureKind.ValueType  # 4
 """The daemon may not read the source. PERMISSION_DENIED."""
 FAILURE_KIND_SESSION_NOT_FOUND: FailureKind.ValueType  # 5
 """The session id is malformed, or this daemon never knew it (or it is
-another principal's). NOT_FOUND.
+another principal's). NOT_FOUND. Behind a proxy this is also the answer
+for a session whose daemon stopped or was lost (another daemon gets its
+calls and does not know it): open a new session.
 """
 FAILURE_KIND_INTERPRETER_NOT_FOUND: FailureKind.ValueType  # 6
 """The requested interpreter could not be found or run. FAILED_PRECONDITION."""
@@ -486,6 +510,11 @@ reported, or the file is gone or changed since. NOT_FOUND.
 FAILURE_KIND_UNAUTHENTICATED: FailureKind.ValueType  # 20
 """The call carries no bearer token, or one the daemon does not know.
 UNAUTHENTICATED.
+"""
+FAILURE_KIND_SESSION_EXISTS: FailureKind.ValueType  # 23
+"""The session id proposed to OpenSession is taken by a live or recently
+ended session of the same principal: propose another (a fresh random one).
+ALREADY_EXISTS.
 """
 Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
 
@@ -609,20 +638,34 @@ class OpenSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Free-form name of the client, shown in status and logs
     (for example "vscode-python/2025.1" or "buildd-client/0.1.0").
     At most 256 bytes of UTF-8 (INVALID_ARGUMENT `client_name` when longer);
     empty is allowed.
     """
+    session_id: _builtins.str
+    """The id the client proposes for the new session, so that the same id can
+    travel as the `x-buildd-session` routing header already on this call;
+    empty: the daemon draws one. Exactly 32 characters from A-Z, a-z, 0-9,
+    '-' and '_', not beginning with '-' or '_' (the shape of the daemon's own
+    ids); draw it from a cryptographically secure random source, since on a
+    daemon without tokens the id is the only credential of the session.
+    Session ids are scoped per principal: a proposal equal to another
+    principal's session id opens a separate session and reveals nothing;
+    one equal to a live or recently ended session of the same principal
+    gives ALREADY_EXISTS (FAILURE_KIND_SESSION_EXISTS).
+    """
     def __init__(
         self,
         *,
         client_name: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -665,6 +708,7 @@ class SessionInfo(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
+    DAEMON_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Opaque, unguessable session id (URL-safe characters only, 32 of them
     today, never beginning with '-' or '_').
@@ -677,6 +721,10 @@ class SessionInfo(_message.Message):
     """When the session was opened (Unix seconds)."""
     principal: _builtins.str
     """The principal the session belongs to (the token's name, or "local")."""
+    daemon_id: _builtins.str
+    """The daemon that holds the session (`DaemonInfo.daemon_id`): behind a
+    proxy, every call of the session must reach this daemon.
+    """
     def __init__(
         self,
         *,
@@ -684,10 +732,11 @@ class SessionInfo(_message.Message):
         ttl_seconds: _builtins.float = ...,
         created_at: _builtins.float = ...,
         principal: _builtins.str = ...,
+        daemon_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "principal", b"principal", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "daemon_id", b"daemon_id", "principal", b"principal", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1722,6 +1771,7 @@ class DaemonInfo(_message.Message):
     MAX_ENVS_FIELD_NUMBER: _builtins.int
     MAX_ENVS_PER_KEY_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    DAEMON_ID_FIELD_NUMBER: _builtins.int
     STORE_ENABLED_FIELD_NUMBER: _builtins.int
     STORE_SIZE_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
     STORE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
@@ -1751,6 +1801,11 @@ class DaemonInfo(_message.Message):
     """Cap on environments per session and key (--max-envs-per-key)."""
     draining: _builtins.bool
     """True once a drain (SIGTERM) has begun."""
+    daemon_id: _builtins.str
+    """The daemon's name among several behind one address (buildd-server
+    --daemon-id; default: the host name, which is the pod name in a
+    Kubernetes StatefulSet).
+    """
     store_enabled: _builtins.bool
     """Whether environments outlive sessions in per-principal stores (false
     with --no-store).
@@ -1793,6 +1848,7 @@ class DaemonInfo(_message.Message):
         max_envs: _builtins.int = ...,
         max_envs_per_key: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        daemon_id: _builtins.str = ...,
         store_enabled: _builtins.bool = ...,
         store_size_limit_bytes: _builtins.int = ...,
         store_ttl_seconds: _builtins.float = ...,
@@ -1804,7 +1860,7 @@ class DaemonInfo(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "max_watches_per_principal", b"max_watches_per_principal", "max_watches_per_session", b"max_watches_per_session", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "store_bytes", b"store_bytes", "store_enabled", b"store_enabled", "store_environments", b"store_environments", "store_size_limit_bytes", b"store_size_limit_bytes", "store_ttl_seconds", b"store_ttl_seconds", "version", b"version", "watched_trees", b"watched_trees"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "daemon_id", b"daemon_id", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "max_watches_per_principal", b"max_watches_per_principal", "max_watches_per_session", b"max_watches_per_session", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "store_bytes", b"store_bytes", "store_enabled", b"store_enabled", "store_environments", b"store_environments", "store_size_limit_bytes", b"store_size_limit_bytes", "store_ttl_seconds", b"store_ttl_seconds", "version", b"version", "watched_trees", b"watched_trees"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

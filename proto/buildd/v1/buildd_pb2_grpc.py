@@ -118,8 +118,10 @@ class BuilddServicer:
 
     def OpenSession(self, request, context):
         """Open a new session. The returned id is unguessable and is the only
-        credential needed to use the session on a local daemon.
-        UNAVAILABLE while the daemon drains.
+        credential needed to use the session on a local daemon. With a proposed
+        `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+        malformed, ALREADY_EXISTS when the caller's principal already has or had a
+        session with that id). UNAVAILABLE while the daemon drains.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """

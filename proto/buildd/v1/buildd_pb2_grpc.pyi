@@ -47,6 +47,21 @@ them, and every other principal gets NOT_FOUND for them, exactly as for an
 unknown id. Without tokens, callers on a Unix socket or a loopback address
 are the principal "local"; other callers (only with --insecure) are
 "anonymous".
+
+Routing (see docs/scale-out.md): several daemons may stand behind one
+address, a proxy pinning each session to the daemon that holds it by
+hashing the metadata `x-buildd-session: <session id>`. A client sends it on
+every call that names a session: OpenSession (with the id it proposes in
+`OpenSessionRequest.session_id`), JoinSession, KeepAlive, CloseSession,
+GetRequires, PrepareMetadata, WatchMetadata, Build, GetStatus with a
+`session_id`, DownloadArtifact, and also FindMissingBlobs and UploadBlob, whose messages
+name no session: the header says which session the upload is for, so that
+it reaches the daemon that will build it. When the header is present on a
+call whose request names a session, the two must be equal
+(INVALID_ARGUMENT otherwise); on FindMissingBlobs and UploadBlob it must
+name a live session of the caller (NOT_FOUND otherwise, as for any unknown
+session). Calls without the header (health checks, Shutdown, GetStatus of
+the whole daemon) may reach any daemon.
 """
 
 from buildd.v1 import buildd_pb2 as _buildd_pb2
@@ -81,8 +96,10 @@ class BuilddStub:
     def __new__(cls, channel: _aio.Channel) -> BuilddAsyncStub: ...
     OpenSession: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.OpenSessionRequest, _buildd_pb2.SessionInfo]
     """Open a new session. The returned id is unguessable and is the only
-    credential needed to use the session on a local daemon.
-    UNAVAILABLE while the daemon drains.
+    credential needed to use the session on a local daemon. With a proposed
+    `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+    malformed, ALREADY_EXISTS when the caller's principal already has or had a
+    session with that id). UNAVAILABLE while the daemon drains.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
@@ -195,8 +212,10 @@ class BuilddAsyncStub(BuilddStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     OpenSession: _aio.UnaryUnaryMultiCallable[_buildd_pb2.OpenSessionRequest, _buildd_pb2.SessionInfo]  # type: ignore[assignment]
     """Open a new session. The returned id is unguessable and is the only
-    credential needed to use the session on a local daemon.
-    UNAVAILABLE while the daemon drains.
+    credential needed to use the session on a local daemon. With a proposed
+    `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+    malformed, ALREADY_EXISTS when the caller's principal already has or had a
+    session with that id). UNAVAILABLE while the daemon drains.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
@@ -312,8 +331,10 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.SessionInfo, _abc.Awaitable[_buildd_pb2.SessionInfo]]:
         """Open a new session. The returned id is unguessable and is the only
-        credential needed to use the session on a local daemon.
-        UNAVAILABLE while the daemon drains.
+        credential needed to use the session on a local daemon. With a proposed
+        `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+        malformed, ALREADY_EXISTS when the caller's principal already has or had a
+        session with that id). UNAVAILABLE while the daemon drains.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """

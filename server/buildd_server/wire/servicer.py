@@ -27,6 +27,7 @@ from buildd.v1 import buildd_pb2_grpc
 from .. import errors
 from ..auth import Authenticator, Principal
 from ..interpreter_discovery import discover_interpreters
+from ..routing import check_session_header, header_session
 from . import decode, encode, failures
 from .limits import Limits
 from .status import StatusSource
@@ -101,24 +102,32 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
     async def OpenSession(self, request: pb.OpenSessionRequest, context: Context) -> pb.SessionInfo:
         def run(who: Principal) -> pb.SessionInfo:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             if self._service.draining:
                 raise errors.Unavailable("the daemon is shutting down and opens no sessions")
             client_name = decode.client_name(request.client_name)
             # Counting and opening under one lock: concurrent opens cannot pass the cap.
             with self._limits.creating:
                 self._limits.check(who.name, "sessions", len(self._registry.all(who.name)))
-                session = self._registry.open(client_name, principal=who.name)
+                session = self._registry.open(
+                    client_name, principal=who.name, session_id=request.session_id
+                )
             log.info(
-                "session_opened", session=session.id[:8], client=client_name, principal=who.name
+                "session_opened",
+                session=session.id[:8],
+                client=client_name,
+                principal=who.name,
+                proposed=bool(request.session_id),
             )
-            return self._session_info(session.id, session.created_at, who.name)
+            return self._session_info(session.wire_id, session.created_at, who.name)
 
         return await self._unary(context, run)
 
     async def JoinSession(self, request: pb.JoinSessionRequest, context: Context) -> pb.SessionInfo:
         def run(who: Principal) -> pb.SessionInfo:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             session = self._registry.get(request.session_id, principal=who.name)
-            return self._session_info(session.id, session.created_at, who.name)
+            return self._session_info(session.wire_id, session.created_at, who.name)
 
         return await self._unary(context, run, blocking=False)
 
@@ -128,6 +137,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         try:
             interval = decode.keepalive_interval(request.interval_seconds, self._config.session_ttl)
             who = self._who(context)
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             holder = self._registry.keepalive(request.session_id, principal=who.name)
             holder.__enter__()
         except errors.BuilddError as exc:
@@ -144,6 +154,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.CloseSessionRequest, context: Context
     ) -> pb.CloseSessionResponse:
         def run(who: Principal) -> pb.CloseSessionResponse:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             session = self._registry.close(request.session_id, principal=who.name)
             deleted, pending, stored = self._service.last_end_counts(session.id)
             return pb.CloseSessionResponse(
@@ -203,8 +214,11 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
         try:
             who = self._who(context)
-            dist = decode.metadata_distribution(request.distribution)
             wire = request.context
+            check_session_header(
+                context.invocation_metadata(), wire.session_id, "context.session_id"
+            )
+            dist = decode.metadata_distribution(request.distribution)
             # A watch sends no log lines: only metadata and failures.
             req = dataclasses.replace(decode.context(wire, None, who.name), quiet=True)
             self._auth.check_path(who, wire.source.path, "context.source.path")
@@ -231,6 +245,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.StatusResponse:
         def run(who: Principal) -> pb.StatusResponse:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             return self.status_source.status(request.session_id, who)
 
         return await self._unary(context, run, blocking=False)
@@ -263,8 +278,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     async def FindMissingBlobs(
         self, request: pb.FindMissingBlobsRequest, context: Context
     ) -> pb.FindMissingBlobsResponse:
+        routed = header_session(context.invocation_metadata())
         return await self._unary(
-            context, lambda who: self._transfers_for().find_missing(request, who)
+            context, lambda who: self._transfers_for().find_missing(request, who, routed)
         )
 
     async def UploadBlob(
@@ -272,8 +288,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     ) -> pb.UploadBlobResponse:
         try:
             who = self._who(context)
+            routed = header_session(context.invocation_metadata())
             with self._limits.acquire(who.name, "uploads"):
-                return await self._transfers_for().upload(request_iterator, who)
+                return await self._transfers_for().upload(request_iterator, who, routed)
         except errors.BuilddError as exc:
             error = exc
         except Exception as exc:
@@ -284,6 +301,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.DownloadArtifactRequest, context: Context
     ) -> AsyncIterator[pb.DownloadArtifactResponse]:
         try:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             async for response in self._transfers_for().download(request, self._who(context)):
                 yield response
             return
@@ -326,6 +344,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             ttl_seconds=self._config.session_ttl,
             created_at=created_at,
             principal=principal,
+            daemon_id=self._config.daemon_id,
         )
 
     async def _unary(
@@ -372,6 +391,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             deadline = None if remaining is None else started + remaining
             try:
                 who = self._who(context)
+                check_session_header(
+                    context.invocation_metadata(), wire.session_id, "context.session_id"
+                )
                 request = decode.context(wire, deadline, who.name)
                 for field, path in paths:
                     if path:

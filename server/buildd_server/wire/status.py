@@ -38,7 +38,12 @@ class StatusSource:
         """One session (``only``) or every session ``who`` may see: admins see all."""
         scope = None if who.admin else who.name
         registry = self.registry
-        sessions = [registry.peek(only, principal=scope)] if only else registry.all(scope)
+        sessions = (
+            # Admins may see several: ids are scoped per principal (sessions.py).
+            (registry.named(only, scope) or [registry.peek(only, principal=scope)])
+            if only
+            else registry.all(scope)
+        )
         entries = self.pool.snapshot()
         creating = self.pool.creations()
         response = pb.StatusResponse(
@@ -52,6 +57,7 @@ class StatusSource:
                 max_envs=self.config.max_envs,
                 max_envs_per_key=self.config.max_envs_per_key,
                 draining=self.service.draining,
+                daemon_id=self.config.daemon_id,
                 max_watches_per_session=self.config.max_watches_per_session,
                 max_watches_per_principal=self.config.caps.watches,
                 watched_trees=self.service.watches.trees.watched(),
@@ -62,7 +68,7 @@ class StatusSource:
         add_store_status(response, self.service, self.config, scope)
         for session in sessions:
             status = response.sessions.add(
-                session_id=session.id,
+                session_id=session.wire_id,
                 client_name=session.client_name,
                 created_at=session.created_at,
                 last_active_at=time.time() - (time.monotonic() - session.last_active),

@@ -7,10 +7,17 @@ to the blocking executor. Nothing here holds more than one chunk of a file in
 memory: uploads go through ``BlobStore.begin`` into a temporary file,
 downloads are read from disk one chunk at a time as gRPC asks for the next
 message.
+
+Uploads name no session in their messages, but a client behind a proxy sends
+the session they are for as the routing header (routing.py). That session
+must then be a live one of the caller: after the loss of a daemon, an upload
+for one of its sessions reaches another daemon and gets NOT_FOUND for the
+session instead of filling a cache where nothing will build it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -25,6 +32,7 @@ from .decode import check_path, show
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from contextlib import AbstractContextManager
 
     from ..auth import Principal
     from ..blobs import BlobStore
@@ -52,14 +60,33 @@ class Transfers:
         self._uploaded = metrics.bytes.labels(direction="uploaded")
         self._downloaded = metrics.bytes.labels(direction="downloaded")
 
+    def _for_session(
+        self, session_id: str | None, who: Principal
+    ) -> AbstractContextManager[object]:
+        """Hold the session the routing header names (none: nothing to hold)."""
+        if session_id is None:
+            return contextlib.nullcontext()
+        return self._registry.using(session_id, principal=who.name)
+
     def find_missing(
-        self, request: pb.FindMissingBlobsRequest, who: Principal
+        self, request: pb.FindMissingBlobsRequest, who: Principal, session_id: str | None = None
     ) -> pb.FindMissingBlobsResponse:
-        missing = self.blobs.missing(list(request.digests))
+        with self._for_session(session_id, who):
+            missing = self.blobs.missing(list(request.digests))
         log.debug("blobs_missing", principal=who.name, asked=len(request.digests), missing=missing)
         return pb.FindMissingBlobsResponse(missing=missing)
 
     async def upload(
+        self,
+        requests: AsyncIterator[pb.UploadBlobRequest],
+        who: Principal,
+        session_id: str | None = None,
+    ) -> pb.UploadBlobResponse:
+        # Held for the whole stream, so the session cannot expire mid-upload.
+        with self._for_session(session_id, who):
+            return await self._upload(requests, who)
+
+    async def _upload(
         self, requests: AsyncIterator[pb.UploadBlobRequest], who: Principal
     ) -> pb.UploadBlobResponse:
         started = time.monotonic()
