@@ -89,6 +89,8 @@ class Store:
         self.root = root
         self.enabled = enabled
         self._lock = threading.Lock()
+        # One flush at a time: two could otherwise write their states out of order.
+        self._flushing = threading.Lock()
         # (principal, key-id) -> slots in use: instances, creations, deletions.
         self._slots: dict[tuple[str, str], set[int]] = {}
         self._indexes: dict[str, _Index] = {}
@@ -215,6 +217,10 @@ class Store:
         A failure (a full disk) keeps the old file whole and the new state in
         memory, to be written next time: nothing is lost, nothing is half-written.
         """
+        with self._flushing:
+            self._flush(principal)
+
+    def _flush(self, principal: str | None) -> None:
         with self._lock:
             targets = [
                 index

@@ -289,9 +289,10 @@ def test_the_size_cap_evicts_least_recently_used_idle_instances_never_a_leased_o
         session = client.open_session("fill")
         for call in [session.metadata(str(s)) for s in sources]:
             call.result()  # three at once: three slots
-        # Used one after the other: s0's instance is the least recently used.
+        # Used one after the other (past the metadata cache, which would lease
+        # nothing): s0's instance is the least recently used.
         for source in sources:
-            session.metadata(str(source)).result()
+            session.metadata(str(source), no_cache=True).result()
         session.close()
         paths = {r["root"]: r["prefix"] for r in read_probe_log(log)}
         sizes = {path: env.size_bytes for path, env in _stored(client).items()}

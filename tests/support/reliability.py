@@ -142,7 +142,10 @@ def env_dirs(state_dir: Path) -> list[Path]:
 def leftovers(state_dir: Path) -> list[Path]:
     """Anything under ``sessions/``: after a clean stop or the last close, nothing."""
     sessions = state_dir / "sessions"
-    return sorted(sessions.rglob("*")) if sessions.exists() else []
+    try:
+        return sorted(sessions.rglob("*")) if sessions.exists() else []
+    except FileNotFoundError:
+        return [sessions]  # being deleted at this very moment: not empty yet
 
 
 def health(address: str) -> int:
