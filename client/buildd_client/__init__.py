@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from buildd_client.calls import Call
     from buildd_client.client import Client, Session
     from buildd_client.errors import BuilddClientError, DaemonUnavailable, RequestFailed
+    from buildd_client.watch import Watch
 
 __all__ = [
     "BuilddClientError",
@@ -33,6 +34,7 @@ __all__ = [
     "DaemonUnavailable",
     "RequestFailed",
     "Session",
+    "Watch",
     "default_address",
 ]
 
@@ -43,6 +45,7 @@ _LAZY = {
     "DaemonUnavailable": "buildd_client.errors",
     "RequestFailed": "buildd_client.errors",
     "Session": "buildd_client.client",
+    "Watch": "buildd_client.watch",
     "default_address": "buildd_client.addresses",
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +45,10 @@ def locked(path: Path) -> Iterator[None]:
 
 def write_atomic(path: Path, data: str) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
+    # Imported here: tempfile brings shutil, bz2, lzma and random, which the
+    # common commands (a build in the remembered session) never need.
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -36,10 +36,11 @@ def packed_source(
     from pathlib import Path
 
     from buildd_client import remote
+    from buildd_client.routing import session_metadata
 
     work = stack.enter_context(tempfile.TemporaryDirectory(prefix="buildd-upload-"))
     packed = remote.pack_source(args.source, Path(work))
-    sent = remote.upload(session.client.stub, packed)
+    sent = remote.upload(session.client.stub, packed, metadata=session_metadata(session.id))
     if not args.quiet:
         what = f"{packed.members} files" if packed.kind == "tree" else "sdist"
         sys.stderr.write(
@@ -59,6 +60,7 @@ def run_call(
     """Start the call on the source's path or digest, show its events, return its result."""
     from buildd_client import remote
     from buildd_client.errors import RequestFailed
+    from buildd_client.routing import session_metadata
 
     for attempt in (1, 2):
         with start(packed.digest if packed else os.path.abspath(args.source)) as call:
@@ -69,5 +71,7 @@ def run_call(
             except RequestFailed as exc:
                 if packed is None or attempt == 2 or exc.path != packed.digest:
                     raise
-        remote.upload(session.client.stub, packed, force=True)
+        remote.upload(
+            session.client.stub, packed, force=True, metadata=session_metadata(session.id)
+        )
     raise AssertionError("unreachable")

@@ -113,7 +113,19 @@ class Call(Generic[T]):
                 )
             return self._extract(final.result)
         if self._error is not None:
-            raise RequestFailed.from_rpc_error(self._error)
+            failed = RequestFailed.from_rpc_error(self._error)
+            if "RST_STREAM" in failed.message:
+                # The daemon always ends a call with a status; a reset stream
+                # means the connection broke: the daemon, or the proxy in front
+                # of it, went away mid-call.
+                raise RequestFailed(
+                    pb.FAILURE_KIND_UNAVAILABLE,
+                    failed.status,
+                    f"the call broke off before its end ({failed.message}): the daemon, or "
+                    "the proxy in front of it, went away; run it again (a session that was "
+                    "lost with its daemon answers SESSION_NOT_FOUND)",
+                )
+            raise failed
         raise RequestFailed(
             pb.FAILURE_KIND_INTERNAL,
             grpc.StatusCode.INTERNAL,

@@ -20,6 +20,7 @@ from buildd_client.calls import Call
 from buildd_client.credentials import Credentials
 from buildd_client.errors import DaemonUnavailable, RequestFailed
 from buildd_client.keepalive import KeepAlive
+from buildd_client.routing import SessionHeader, new_session_id, session_metadata
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from buildd_client.remote import PackedSource
+    from buildd_client.watch import Watch
 
 __all__ = ["Client", "ConfigSettings", "Session", "resolve_address"]
 
@@ -105,7 +107,11 @@ class Client:
         self.started_daemon = False
         self._connect(autostart, connect_timeout)
         self._channel = self.credentials.channel(self.address, _CHANNEL_OPTIONS)
-        self._stub = buildd_pb2_grpc.BuilddStub(self._channel)
+        # Every call naming a session carries it as the routing header, so a
+        # proxy in front of several daemons keeps the session on its daemon.
+        self._stub = buildd_pb2_grpc.BuilddStub(
+            grpc.intercept_channel(self._channel, SessionHeader())
+        )
 
     @property
     def is_remote(self) -> bool:
@@ -147,14 +153,22 @@ class Client:
 
     # ------------------------------------------------------------ sessions --
 
-    def open_session(self, client_name: str = "") -> Session:
-        """Open a new session on the daemon."""
-        request = pb.OpenSessionRequest(client_name=client_name or f"buildd_client/{__version__}")
+    def open_session(self, client_name: str = "", *, session_id: str | None = None) -> Session:
+        """Open a new session on the daemon.
+
+        The client proposes the id (``session_id``, else a fresh random one) and
+        sends it as the routing header already, so that behind a proxy the
+        session opens on the daemon that all its later calls will reach.
+        """
+        request = pb.OpenSessionRequest(
+            client_name=client_name or f"buildd_client/{__version__}",
+            session_id=session_id or new_session_id(),
+        )
         info = self._unary(self._stub.OpenSession, request)
         return Session(self, info)
 
     def join_session(self, session_id: str) -> Session:
-        """Join an existing session; RequestFailed (SESSION_NOT_FOUND) when it has ended."""
+        """Join an existing session; RequestFailed (``session_gone``) when ended or unknown."""
         info = self._unary(self._stub.JoinSession, pb.JoinSessionRequest(session_id=session_id))
         return Session(self, info)
 
@@ -172,7 +186,7 @@ class Client:
                 try:
                     return self.join_session(session_id)
                 except RequestFailed as exc:
-                    if exc.kind != pb.FAILURE_KIND_SESSION_NOT_FOUND:
+                    if not exc.session_gone:
                         raise
             session = self.open_session(client_name)
             stored[self.address.target] = session.id
@@ -195,13 +209,13 @@ class Client:
                 _write_sessions(folder / SESSIONS_FILE, stored)
 
     def close_session(self, session_id: str) -> pb.CloseSessionResponse:
-        """End a session by id; its environments are deleted."""
+        """End a session by id; its environments stay in the store (or are deleted: --no-store)."""
         try:
             response = self._unary(
                 self._stub.CloseSession, pb.CloseSessionRequest(session_id=session_id)
             )
         except RequestFailed as exc:
-            if exc.kind == pb.FAILURE_KIND_SESSION_NOT_FOUND:
+            if exc.session_gone:
                 self.forget_default_session(session_id)
             raise
         self.forget_default_session(session_id)
@@ -229,6 +243,21 @@ class Client:
                 raise DaemonUnavailable(f"no buildd daemon answers at {self.address}") from exc
             return False
         return status == _SERVING
+
+    def interpreters(self) -> list[pb.InterpreterInfo]:
+        """The interpreters the daemon can build with, and where it found each."""
+        response = self._unary(self._stub.ListInterpreters, pb.ListInterpretersRequest())
+        return list(response.interpreters)
+
+    def prune_store(
+        self, older_than: float = 0.0, *, all_principals: bool = False
+    ) -> pb.PruneStoreResponse:
+        """Delete the idle environments of the caller's store unused for ``older_than`` s.
+
+        0 means every idle one; ``all_principals`` (admins) prunes every store.
+        """
+        request = pb.PruneStoreRequest(older_than_seconds=older_than, all_principals=all_principals)
+        return self._unary(self._stub.PruneStore, request)
 
     def shutdown(self, grace: float = 0.0) -> pb.ShutdownResponse:
         """Ask the daemon to drain and stop; returns once the drain has begun."""
@@ -294,6 +323,7 @@ class Session:
         python: str | None,
         config_settings: ConfigSettings | None,
         quiet: bool,
+        no_cache: bool = False,
     ) -> pb.BuildContext:
         text = os.fspath(source)
         if text.startswith("sha256:"):
@@ -310,6 +340,7 @@ class Session:
             python=default_python if python is None else python,
             config_settings=_config_settings(config_settings),
             quiet=quiet,
+            no_cache=no_cache,
         )
 
     def get_requires(
@@ -321,10 +352,15 @@ class Session:
         python: str | None = None,
         quiet: bool = False,
         timeout: float | None = None,
+        no_cache: bool = False,
     ) -> Call[pb.RequiresResult]:
-        """Static and dynamic build requirements of ``source`` (wheel, sdist or editable)."""
+        """Static and dynamic build requirements of ``source`` (wheel, sdist or editable).
+
+        An unchanged source is answered from the daemon's cache (``cached`` in
+        the result); ``no_cache`` runs the hook all the same.
+        """
         request = pb.GetRequiresRequest(
-            context=self._context(source, python, config_settings, quiet),
+            context=self._context(source, python, config_settings, quiet, no_cache),
             distribution=_distribution(distribution, ("wheel", "sdist", "editable")),
         )
         rpc = self._client.stub.GetRequires(request, timeout=timeout)
@@ -339,14 +375,42 @@ class Session:
         python: str | None = None,
         quiet: bool = False,
         timeout: float | None = None,
+        no_cache: bool = False,
     ) -> Call[pb.MetadataResult]:
-        """Prepare the core metadata of ``source`` (wheel or editable)."""
+        """Prepare the core metadata of ``source`` (wheel or editable).
+
+        An unchanged source is answered from the daemon's cache without running
+        a hook (``cached`` in the result); ``no_cache`` runs the hooks all the same.
+        """
         request = pb.PrepareMetadataRequest(
-            context=self._context(source, python, config_settings, quiet),
+            context=self._context(source, python, config_settings, quiet, no_cache),
             distribution=_distribution(distribution, ("wheel", "editable")),
         )
         rpc = self._client.stub.PrepareMetadata(request, timeout=timeout)
         return Call(rpc, "metadata", lambda result: result.metadata)
+
+    def watch_metadata(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        python: str | None = None,
+        config_settings: ConfigSettings | None = None,
+        distribution: str = "wheel",
+    ) -> Watch:
+        """Watch the core metadata of the project directory ``source``.
+
+        The daemon sends the current metadata, then new metadata each time a
+        change of the tree changes it, and a failure each time preparing fails
+        (the watch goes on). Iterate the returned handle, or ``get(timeout)``;
+        ``cancel()`` ends the watch. The watch holds the session open.
+        """
+        from buildd_client.watch import Watch
+
+        request = pb.WatchMetadataRequest(
+            context=self._context(source, python, config_settings, quiet=True),
+            distribution=_distribution(distribution, ("wheel", "editable")),
+        )
+        return Watch(self._client.stub.WatchMetadata(request))
 
     def build(
         self,
@@ -359,12 +423,14 @@ class Session:
         python: str | None = None,
         quiet: bool = False,
         timeout: float | None = None,
+        no_cache: bool = False,
     ) -> Call[pb.BuildResult]:
         """Build ``distributions`` of ``source``, in order, into ``output_directory``.
 
         ``wheel_from_sdist`` defaults to True exactly when an sdist comes
         before the wheel (what ``python -m build`` does); ``output_directory``
-        defaults to the daemon's choice, ``<source>/dist``.
+        defaults to the daemon's choice, ``<source>/dist``. ``get_requires_for_build_*``
+        is answered from the daemon's cache for an unchanged source unless ``no_cache``.
         """
         if isinstance(distributions, str) or not distributions:
             raise ValueError(f"distributions must be a non-empty sequence, got {distributions!r}")
@@ -377,7 +443,7 @@ class Session:
                 and names.index("sdist") < names.index("wheel")
             )
         request = pb.BuildRequest(
-            context=self._context(source, python, config_settings, quiet),
+            context=self._context(source, python, config_settings, quiet, no_cache),
             distributions=kinds,
             wheel_from_sdist=wheel_from_sdist,
             output_directory=(
@@ -391,20 +457,23 @@ class Session:
         """Pack ``source`` (a tree; an sdist goes as it is) and upload it if the daemon
         lacks it; returns its digest, to pass as the ``source`` of any request.
 
-        Uploads belong to no session: the daemon's cache is shared by digest.
+        The daemon's cache is shared by digest; the upload carries this
+        session's routing header so that, behind a proxy, it reaches the
+        daemon that holds the session (and fails when that session is gone).
         """
         import tempfile
         from pathlib import Path
 
         from buildd_client import remote
 
+        routing = session_metadata(self.id)
         if isinstance(source, remote.PackedSource):
-            remote.upload(self._client.stub, source, force=force)
+            remote.upload(self._client.stub, source, force=force, metadata=routing)
             return source.digest
 
         with tempfile.TemporaryDirectory(prefix="buildd-upload-") as work:
             packed = remote.pack_source(source, Path(work))
-            remote.upload(self._client.stub, packed, force=force)
+            remote.upload(self._client.stub, packed, force=force, metadata=routing)
         return packed.digest
 
     def download(

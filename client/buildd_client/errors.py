@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
+from grpc_status import rpc_status
 
 from buildd.v1 import buildd_pb2 as pb
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from typing_extensions import Self
 
@@ -27,8 +28,13 @@ _USAGE_KINDS = frozenset(
         pb.FAILURE_KIND_SOURCE_NOT_FOUND,
         pb.FAILURE_KIND_SOURCE_UNREADABLE,
         pb.FAILURE_KIND_SESSION_NOT_FOUND,
+        pb.FAILURE_KIND_SESSION_ENDED,
+        pb.FAILURE_KIND_BLOB_NOT_FOUND,
+        pb.FAILURE_KIND_ARTIFACT_NOT_FOUND,
         pb.FAILURE_KIND_INTERPRETER_NOT_FOUND,
         pb.FAILURE_KIND_PERMISSION_DENIED,
+        pb.FAILURE_KIND_UNAUTHENTICATED,
+        pb.FAILURE_KIND_SESSION_EXISTS,
     }
 )
 
@@ -39,12 +45,14 @@ _KIND_OF_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OUT_OF_RANGE: pb.FAILURE_KIND_INVALID_REQUEST,
     grpc.StatusCode.NOT_FOUND: pb.FAILURE_KIND_SOURCE_NOT_FOUND,
     grpc.StatusCode.PERMISSION_DENIED: pb.FAILURE_KIND_PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED: pb.FAILURE_KIND_PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED: pb.FAILURE_KIND_UNAUTHENTICATED,
     grpc.StatusCode.FAILED_PRECONDITION: pb.FAILURE_KIND_BACKEND_FAILED,
     grpc.StatusCode.DEADLINE_EXCEEDED: pb.FAILURE_KIND_TIMEOUT,
     grpc.StatusCode.CANCELLED: pb.FAILURE_KIND_CANCELLED,
     grpc.StatusCode.RESOURCE_EXHAUSTED: pb.FAILURE_KIND_RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAVAILABLE: pb.FAILURE_KIND_UNAVAILABLE,
+    # Only OpenSession answers it: the proposed session id is taken.
+    grpc.StatusCode.ALREADY_EXISTS: pb.FAILURE_KIND_SESSION_EXISTS,
 }
 
 
@@ -92,7 +100,10 @@ class RequestFailed(BuilddClientError):
     """The daemon refused or failed a request.
 
     ``kind`` is a ``buildd.v1.FailureKind`` number, ``status`` the RPC's status;
-    ``hook``, ``last_lines`` and ``path`` come from the daemon's Failure event.
+    ``hook``, ``last_lines``, ``path``, ``field`` (the request field at fault,
+    e.g. ``"context.source.path"``), ``metadata`` (e.g. ``session_id``,
+    ``end_reason``) and ``retry_delay`` (seconds after which a retry may
+    succeed; None when it will not) come from the daemon's Failure.
     """
 
     def __init__(
@@ -104,6 +115,9 @@ class RequestFailed(BuilddClientError):
         hook: str = "",
         last_lines: Sequence[str] = (),
         path: str = "",
+        field: str = "",
+        metadata: Mapping[str, str] | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -112,6 +126,19 @@ class RequestFailed(BuilddClientError):
         self.hook = hook
         self.last_lines: list[str] = list(last_lines)
         self.path = path
+        self.field = field
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_delay = retry_delay
+
+    @property
+    def reason(self) -> str:
+        """The daemon's ``ErrorInfo.reason``: the kind's name, e.g. ``"SESSION_ENDED"``."""
+        return self.kind_name.upper()
+
+    @property
+    def session_gone(self) -> bool:
+        """True when the session named is no more (never known, or ended): open a new one."""
+        return self.kind in (pb.FAILURE_KIND_SESSION_NOT_FOUND, pb.FAILURE_KIND_SESSION_ENDED)
 
     @property
     def kind_name(self) -> str:
@@ -145,6 +172,9 @@ class RequestFailed(BuilddClientError):
             hook=failure.hook,
             last_lines=list(failure.last_lines),
             path=failure.path,
+            field=failure.field,
+            metadata=dict(failure.metadata),
+            retry_delay=failure.retry_delay_seconds or None,
         )
 
     @classmethod
@@ -153,9 +183,15 @@ class RequestFailed(BuilddClientError):
     ) -> Self:
         """From an RPC that ended with an error status and no Failure event.
 
-        NOT_FOUND is ambiguous on the wire; ``not_found`` names the kind the
-        caller knows it means (a unary session call passes SESSION_NOT_FOUND).
+        The daemon puts its ``buildd.v1.Failure`` in the standard error
+        details of every failed call: that decides. Without details (a proxy
+        that dropped the trailer, a status made by gRPC itself) the kind is
+        guessed from the code; NOT_FOUND is ambiguous then, and ``not_found``
+        names the kind the caller knows it means.
         """
+        failure = failure_of(error)
+        if failure is not None:
+            return cls.from_failure(failure)
         try:
             status = error.code()
             details = error.details() or ""
@@ -168,3 +204,21 @@ class RequestFailed(BuilddClientError):
             kind = _KIND_OF_STATUS.get(status, pb.FAILURE_KIND_INTERNAL)
         message = details or f"the daemon ended the call with status {status.name}"
         return cls(kind, status, message)
+
+
+def failure_of(error: grpc.RpcError) -> pb.Failure | None:
+    """The ``buildd.v1.Failure`` in an error's ``google.rpc.Status`` details, if any."""
+    if not isinstance(error, grpc.Call):
+        return None
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # a trailer that contradicts the status: trust neither
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(pb.Failure.DESCRIPTOR):
+            failure = pb.Failure()
+            detail.Unpack(failure)
+            return failure
+    return None

@@ -198,20 +198,41 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> int:
 # ------------------------------------------------------------------ the wire --
 
 
-def missing(stub: buildd_pb2_grpc.BuilddStub, digests: Sequence[str]) -> list[str]:
-    """The digests the daemon lacks."""
+def missing(
+    stub: buildd_pb2_grpc.BuilddStub,
+    digests: Sequence[str],
+    *,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """The digests the daemon lacks.
+
+    ``metadata`` is the routing header of the session the blobs are for
+    (``routing.session_metadata``); with it, NOT_FOUND means that session is gone.
+    """
     try:
         answer = stub.FindMissingBlobs(
-            pb.FindMissingBlobsRequest(digests=list(digests)), timeout=_UNARY_TIMEOUT
+            pb.FindMissingBlobsRequest(digests=list(digests)),
+            timeout=_UNARY_TIMEOUT,
+            metadata=tuple(metadata),
         )
     except grpc.RpcError as exc:
-        raise RequestFailed.from_rpc_error(exc) from exc
+        raise RequestFailed.from_rpc_error(exc, not_found=_not_found(metadata)) from exc
     return list(answer.missing)
 
 
-def upload(stub: buildd_pb2_grpc.BuilddStub, packed: PackedSource, *, force: bool = False) -> bool:
-    """Upload ``packed`` unless the daemon has it; True when bytes were sent."""
-    if not force and not missing(stub, [packed.digest]):
+def upload(
+    stub: buildd_pb2_grpc.BuilddStub,
+    packed: PackedSource,
+    *,
+    force: bool = False,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> bool:
+    """Upload ``packed`` unless the daemon has it; True when bytes were sent.
+
+    ``metadata``: the routing header of the session that will build it, so that
+    behind a proxy the blob lands on that session's daemon.
+    """
+    if not force and not missing(stub, [packed.digest], metadata=metadata):
         return False
     kind = pb.BLOB_KIND_SDIST if packed.kind == "sdist" else pb.BLOB_KIND_TREE_ARCHIVE
 
@@ -224,10 +245,17 @@ def upload(stub: buildd_pb2_grpc.BuilddStub, packed: PackedSource, *, force: boo
                 yield pb.UploadBlobRequest(chunk=chunk)
 
     try:
-        stub.UploadBlob(messages())
+        stub.UploadBlob(messages(), metadata=tuple(metadata))
     except grpc.RpcError as exc:
-        raise RequestFailed.from_rpc_error(exc) from exc
+        raise RequestFailed.from_rpc_error(exc, not_found=_not_found(metadata)) from exc
     return True
+
+
+def _not_found(metadata: Sequence[tuple[str, str]]) -> int:
+    # With a session's routing header, the daemon answers NOT_FOUND for the session.
+    if metadata:
+        return pb.FAILURE_KIND_SESSION_NOT_FOUND
+    return pb.FAILURE_KIND_SOURCE_NOT_FOUND
 
 
 def download(
@@ -257,10 +285,10 @@ def _download_one(
     try:
         with os.fdopen(fd, "wb") as handle:
             received, digest = _receive(stream, handle, name, artifact)
-        if received != artifact.size or digest != artifact.sha256:
+        if received != size_of(artifact) or digest != digest_of(artifact):
             raise _corrupt(
-                f"{name}: received {received} bytes with SHA-256 {digest}; the build reported "
-                f"{artifact.size} bytes with SHA-256 {artifact.sha256}"
+                f"{name}: received {received} bytes with digest {digest}; the build reported "
+                f"{size_of(artifact)} bytes with digest {digest_of(artifact)}"
             )
         final = folder / name
         os.replace(temporary, final)
@@ -284,10 +312,10 @@ def _receive(
     for message in stream:
         if message.WhichOneof("payload") == "header":
             header = message.header
-            if header.filename != name or header.sha256 != artifact.sha256:
+            if header.filename != name or digest_of(header) != digest_of(artifact):
                 raise _corrupt(
-                    f"{name}: the download announced {header.filename!r} with SHA-256 "
-                    f"{header.sha256}, not the artifact the build reported"
+                    f"{name}: the download announced {header.filename!r} with digest "
+                    f"{digest_of(header)}, not the artifact the build reported"
                 )
             continue
         if header is None:
@@ -297,7 +325,17 @@ def _receive(
         handle.write(message.chunk)
     if header is None:
         raise _corrupt(f"{name}: the download ended without a header")
-    return received, hasher.hexdigest()
+    return received, f"sha256:{hasher.hexdigest()}"
+
+
+def digest_of(artifact: pb.Artifact | pb.ArtifactHeader) -> str:
+    """``sha256:<hex>`` of an artifact; from the bare ``sha256`` of an older daemon."""
+    return artifact.digest or f"sha256:{artifact.sha256}"
+
+
+def size_of(artifact: pb.Artifact | pb.ArtifactHeader) -> int:
+    """Size in bytes of an artifact; from ``size`` of an older daemon."""
+    return artifact.size_bytes or artifact.size
 
 
 def _corrupt(message: str) -> RequestFailed:

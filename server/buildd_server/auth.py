@@ -32,6 +32,7 @@ import grpc.aio
 import structlog
 
 from . import errors
+from .error_details import status_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -289,7 +290,8 @@ def _refusing(
     """A handler of the same shape as ``handler`` that answers UNAUTHENTICATED."""
 
     async def refuse(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        status = status_of(errors.Unauthenticated(message))
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     deserialize = handler.request_deserializer
     serialize = handler.response_serializer

@@ -201,13 +201,15 @@ class BlobStore:
 
     def unpack(self, digest: str, dest: Path) -> Path:
         """Unpack the blob into the new folder ``dest``; return the project's root."""
-        name = parse_digest(digest, "source.digest")
+        name = parse_digest(digest, "context.source.digest")
         with self._lock:
             if name not in self._entries:
-                raise errors.SourceNotFound(
-                    f"source.digest: {digest} is not in the daemon's cache (never uploaded, "
-                    "or evicted since): upload it again",
+                raise errors.BlobNotFound(
+                    f"context.source.digest: {digest} is not in the daemon's cache (never "
+                    "uploaded, or evicted since): upload it again",
                     path=digest,
+                    field="context.source.digest",
+                    metadata={"digest": digest},
                 )
             self._touch(name)
             self._pins[name] = self._pins.get(name, 0) + 1

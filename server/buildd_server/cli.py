@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_DAEMON_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _env(name: str, default: str = "") -> str:
@@ -45,6 +48,25 @@ def size(text: str) -> int:
     if number < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative")
     return int(number * _UNITS[unit])
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``90s``, ``3600``: seconds (a bare number is seconds)."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _SECONDS else "s"
+    number_text = value[:-1] if value[-1:] in _SECONDS else value
+    try:
+        number = float(number_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 7d, 12h, 30m or 90s"
+        ) from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return number * _SECONDS[unit]
 
 
 def _path(text: str) -> Path:
@@ -131,6 +153,32 @@ def _add_remote_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    """The per-principal store of environments (docs/configuration.md)."""
+    group = parser.add_argument_group("environment store")
+    group.add_argument(
+        "--store-size",
+        type=size,
+        default=size(_env("STORE_SIZE", "5G")),
+        metavar="SIZE",
+        help="bytes the stored environments may take on disk; least recently used idle "
+        "ones are evicted past it (default: 5G)",
+    )
+    group.add_argument(
+        "--store-ttl",
+        type=duration,
+        default=duration(_env("STORE_TTL", "7d")),
+        metavar="DURATION",
+        help="how long an idle stored environment is kept unused, e.g. 7d, 12h (default: 7d)",
+    )
+    group.add_argument(
+        "--no-store",
+        action="store_true",
+        default=_env_flag("NO_STORE"),
+        help="delete each session's environments when it ends, as before the store",
+    )
+
+
 def _add_cap_options(parser: argparse.ArgumentParser) -> None:
     """What one principal may hold at once (docs/configuration.md#per-principal-caps)."""
     group = parser.add_argument_group("per-principal caps (see docs/configuration.md)")
@@ -154,7 +202,8 @@ def _add_cap_options(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="buildd-server",
-        description="Serve warm, session-scoped PEP 517 build environments over gRPC.",
+        description="Serve warm PEP 517 build environments over gRPC, kept per principal "
+        "across sessions.",
     )
     parser.add_argument("--version", action="version", version=f"buildd-server {__version__}")
     parser.add_argument(
@@ -182,6 +231,13 @@ def _parser() -> argparse.ArgumentParser:
         default=int(_env("MAX_ENVS_PER_KEY", "4")),
         metavar="N",
         help="environments per key in one session (default: 4)",
+    )
+    parser.add_argument(
+        "--max-watches-per-session",
+        type=int,
+        default=int(_env("MAX_WATCHES_PER_SESSION", "64")),
+        metavar="N",
+        help="open WatchMetadata streams per session (default: 64)",
     )
     parser.add_argument(
         "--max-envs",
@@ -264,10 +320,18 @@ def _parser() -> argparse.ArgumentParser:
         help="start every hook as a plain subprocess, never as a fork of a warm "
         "per-environment fork server (see docs/performance.md)",
     )
+    _add_store_options(parser)
     parser.add_argument(
         "--insecure",
         action="store_true",
         help="allow a non-loopback TCP address without TLS and tokens",
+    )
+    parser.add_argument(
+        "--daemon-id",
+        default=_env("DAEMON_ID"),
+        metavar="NAME",
+        help="this daemon's name among several behind one proxy, shown in status and "
+        "in every session (default: $BUILDD_DAEMON_ID, else the host name)",
     )
     _add_remote_options(parser)
     _add_cap_options(parser)
@@ -297,18 +361,25 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
     for name in ("session_ttl", "hook_timeout"):
         if getattr(args, name) <= 0:
             _parser().error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("max_envs_per_key", "max_envs"):
+    for name in ("max_envs_per_key", "max_envs", "max_watches_per_session"):
         if getattr(args, name) < 1:
             _parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if args.blob_cache_size < 1 or args.max_source_size < 1 or args.max_source_files < 1:
         parser.error("--blob-cache-size, --max-source-size and --max-source-files must be positive")
     if args.max_source_ratio < 1:
         parser.error("--max-source-ratio must be at least 1")
+    if args.store_size < 1 or args.store_ttl <= 0:
+        parser.error("--store-size and --store-ttl must be positive")
     for name in ("streams", "sessions", "uploads", "watches"):
         if getattr(args, f"max_{name}_per_principal") < 1:
             parser.error(f"--max-{name}-per-principal must be at least 1")
     if args.grace < 0 or args.idle_timeout < 0:
         _parser().error("--grace and --idle-timeout must not be negative")
+    if args.daemon_id and not _DAEMON_ID.fullmatch(args.daemon_id):
+        parser.error(
+            f"--daemon-id {args.daemon_id[:80]!r}: 1-64 characters from A-Z, a-z, 0-9, "
+            "'.', '_', '-', beginning with a letter or digit"
+        )
     find_links = tuple(
         str(Path(link).resolve()) if "://" not in link else link for link in args.find_links
     )
@@ -318,6 +389,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         session_ttl=args.session_ttl,
         max_envs_per_key=args.max_envs_per_key,
         max_envs=args.max_envs,
+        max_watches_per_session=args.max_watches_per_session,
         hook_timeout=args.hook_timeout,
         installer=args.installer,
         installer_options=InstallerOptions(
@@ -333,6 +405,11 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         insecure=args.insecure,
         metrics_address=args.metrics_address,
         fork_server=not args.no_fork_server,
+        store=not args.no_store,
+        store_size=args.store_size,
+        store_ttl=args.store_ttl,
+        # In a Kubernetes StatefulSet the host name is the pod name (buildd-0...).
+        daemon_id=args.daemon_id or socket.gethostname()[:64],
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,

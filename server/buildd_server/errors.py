@@ -14,14 +14,23 @@ import grpc
 from buildd.v1 import buildd_pb2 as pb
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 
 class BuilddError(Exception):
-    """Base class; ``message`` must name the file, field or value at fault."""
+    """Base class; ``message`` must name the file, field or value at fault.
+
+    ``field`` is the request field at fault as a proto path from the request
+    root (``context.source.path``, ``distributions[1]``); ``metadata`` adds
+    key-value facts for the error details (``session_id``, ``digest``...);
+    ``retry_delay`` is the seconds after which the same call may succeed,
+    when a retry alone can help (None: it cannot).
+    """
 
     status: grpc.StatusCode = grpc.StatusCode.INTERNAL
     kind: int = pb.FAILURE_KIND_INTERNAL
+    # Class default for ``retry_delay``.
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -30,12 +39,23 @@ class BuilddError(Exception):
         path: str = "",
         hook: str = "",
         last_lines: Sequence[str] = (),
+        field: str = "",
+        metadata: Mapping[str, str] | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.path = path
         self.hook = hook
         self.last_lines: list[str] = list(last_lines)
+        self.field = field
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_delay = self.retry_after if retry_delay is None else retry_delay
+
+    @property
+    def reason(self) -> str:
+        """The failure kind's name without its prefix: ``ErrorInfo.reason``."""
+        return pb.FailureKind.Name(self.kind).removeprefix("FAILURE_KIND_")  # type: ignore[arg-type]
 
 
 class InvalidRequest(BuilddError):
@@ -59,6 +79,19 @@ class SourceNotFound(BuilddError):
     kind = pb.FAILURE_KIND_SOURCE_NOT_FOUND
 
 
+class BlobNotFound(SourceNotFound):
+    """An uploaded archive named by digest is not (or no longer) cached: upload again."""
+
+    kind = pb.FAILURE_KIND_BLOB_NOT_FOUND
+
+
+class ArtifactNotFound(BuilddError):
+    """A download names no artifact of the session, or the file is gone or changed."""
+
+    status = grpc.StatusCode.NOT_FOUND
+    kind = pb.FAILURE_KIND_ARTIFACT_NOT_FOUND
+
+
 class SourceUnreadable(BuilddError):
     """The daemon is not allowed to read the source."""
 
@@ -67,10 +100,23 @@ class SourceUnreadable(BuilddError):
 
 
 class SessionNotFound(BuilddError):
-    """The session id is unknown, malformed or its session has ended."""
+    """The session id is malformed or unknown (never known, or another principal's)."""
 
     status = grpc.StatusCode.NOT_FOUND
     kind = pb.FAILURE_KIND_SESSION_NOT_FOUND
+
+
+class SessionEnded(SessionNotFound):
+    """The session existed and has ended (closed, expired, daemon shutdown): reopen."""
+
+    kind = pb.FAILURE_KIND_SESSION_ENDED
+
+
+class SessionExists(BuilddError):
+    """The session id proposed to OpenSession is taken by the caller's own session."""
+
+    status = grpc.StatusCode.ALREADY_EXISTS
+    kind = pb.FAILURE_KIND_SESSION_EXISTS
 
 
 class InterpreterNotFound(BuilddError):
@@ -138,6 +184,9 @@ class Unavailable(BuilddError):
 
     status = grpc.StatusCode.UNAVAILABLE
     kind = pb.FAILURE_KIND_UNAVAILABLE
+    # A draining daemon is gone within its grace; a client that auto-starts
+    # one (or a proxy with siblings) succeeds on retry.
+    retry_after = 1.0
 
 
 class PermissionDenied(BuilddError):
@@ -151,7 +200,14 @@ class Unauthenticated(BuilddError):
     """The call carries no token, or one the daemon does not know."""
 
     status = grpc.StatusCode.UNAUTHENTICATED
-    kind = pb.FAILURE_KIND_PERMISSION_DENIED
+    kind = pb.FAILURE_KIND_UNAUTHENTICATED
+
+
+class StoreDisabled(BuilddError):
+    """A store operation on a daemon started with --no-store."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    kind = pb.FAILURE_KIND_INVALID_REQUEST
 
 
 class DaemonStartupError(Exception):

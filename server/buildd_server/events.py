@@ -16,16 +16,26 @@ PhaseName = Literal[
     "creating_environment",
     "installing_requirements",
     "environment_leased",
+    "environment_adopted",
     "running_hook",
     "hook_finished",
     "artifact_written",
     "artifact_checked",
+    "cache_hit",
 ]
+
+
+# Whether a phase opens a step that takes time, closes it, or stands alone.
+PhaseStep = Literal["start", "end", "instant"]
+# How a hook call ended ("" on every phase but hook_finished).
+HookOutcome = Literal["", "ok", "failed", "timed_out", "cancelled"]
+# Which process wrote a log line.
+LogSource = Literal["hook", "installer", "compiler"]
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A step of a request started (``step_seconds == 0``) or ended."""
+    """A step of a request started (``step="start"``), ended, or a moment (``"instant"``)."""
 
     name: PhaseName
     detail: str = ""
@@ -34,6 +44,14 @@ class Phase:
     hook: str = ""
     count: int = 0
     step_seconds: float = 0.0
+    # The instance's slot in its principal's store (-1: not in a store).
+    slot: int = -1
+    # How long validating the instance took before this lease (0: not validated).
+    validation_seconds: float = 0.0
+    step: PhaseStep = "instant"
+    outcome: HookOutcome = ""
+    # The source fingerprint a cached answer was given for (cache_hit).
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,7 @@ class Log:
     stream: Literal["stdout", "stderr"]
     text: str
     hook: str
+    source: LogSource = "hook"
 
 
 WarningKind = Literal["near_miss", "unknown_key"]

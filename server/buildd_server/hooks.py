@@ -22,7 +22,7 @@ import pyproject_hooks
 
 from . import errors, zygotes
 from .checks import missing_mandatory_hook
-from .events import Emit, Log, Phase
+from .events import Emit, HookOutcome, Log, Phase
 from .processes import TAIL_LINES, mentions_enospc
 
 if TYPE_CHECKING:
@@ -241,10 +241,16 @@ class Hooks:
                 path=where,
             ) from exc
         self.emit(
-            Phase("running_hook", hook=hook, key_id=env.key.id, environment_path=str(env.path))
+            Phase(
+                "running_hook",
+                hook=hook,
+                key_id=env.key.id,
+                environment_path=str(env.path),
+                step="start",
+            )
         )
         started = time.monotonic()
-        outcome = "failed"
+        outcome: HookOutcome = "failed"
         try:
             result: object = getattr(caller, hook)(*args)
             outcome = "ok"
@@ -252,6 +258,10 @@ class Hooks:
         except errors.BuilddError as exc:
             # The runner knows the process, not the project: name the file too.
             exc.path = exc.path or where
+            if isinstance(exc, errors.Timeout):
+                outcome = "timed_out"
+            elif isinstance(exc, errors.Cancelled):
+                outcome = "cancelled"
             raise
         except pyproject_hooks.BackendUnavailable as exc:
             raise errors.BackendUnavailable(
@@ -285,7 +295,10 @@ class Hooks:
                 Phase(
                     "hook_finished",
                     hook=hook,
-                    detail=outcome,
+                    # "ok" or "failed", as before the outcome had its own field.
+                    detail="ok" if outcome == "ok" else "failed",
+                    outcome=outcome,
+                    step="end",
                     key_id=env.key.id,
                     environment_path=str(env.path),
                     step_seconds=max(time.monotonic() - started, 1e-6),

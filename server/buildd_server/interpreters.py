@@ -155,6 +155,11 @@ def resolve_interpreter(spec: str) -> Interpreter:
     return _find_version(spec, wanted)
 
 
+def describe(executable: str) -> Interpreter:
+    """Probe the interpreter at ``executable`` (cached by resolved path and mtime)."""
+    return _probe(executable)
+
+
 def _find_version(spec: str, wanted: tuple[int, ...]) -> Interpreter:
     name = f"python{wanted[0]}.{wanted[1]}"
     tried: list[str] = []

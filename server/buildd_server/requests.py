@@ -32,6 +32,8 @@ class Request:
     deadline: float | None = None
     # The caller's principal: the session must be theirs. None: not checked.
     principal: str | None = None
+    # Run every hook even when a cached answer is valid (hookcache.py).
+    no_cache: bool = False
 
 
 @dataclass
@@ -41,8 +43,22 @@ class Prepared:
     directory: Path
     dist_info: str
     environment_id: str
-    fingerprint: tuple[tuple[str, int, int], ...]
+    # The source fingerprint it was prepared for (hookcache.py); None until
+    # the request confirmed the tree did not change while the hooks ran.
+    fingerprint: str | None
     from_wheel: bool
+    metadata: bytes = b""
+    # The instance's generation it came from; None: not reusable as a cached answer.
+    generation: tuple[str, str, str] | None = None
+
+
+@dataclass(frozen=True)
+class CachedRequires:
+    """What get_requires_for_build_* answered for one fingerprint and generation."""
+
+    generation: tuple[str, str, str]
+    fingerprint: str
+    dynamic: tuple[str, ...]
 
 
 @dataclass
@@ -52,8 +68,14 @@ class SourceState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     environment: Environment | None = None
     prepared: dict[tuple[str, str], Prepared] = field(default_factory=dict)
+    requires: dict[tuple[str, str], CachedRequires] = field(default_factory=dict)
     # For a source given as an sdist: where it was unpacked and from which file state.
     unpacked: tuple[tuple[int, int], Path] | None = None
+
+    def forget_answers(self) -> None:
+        """The instance is gone or changed: nothing it answered holds any more."""
+        self.prepared.clear()
+        self.requires.clear()
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,9 @@ class MetadataOutcome:
     dist_info_name: str
     dist_info_path: Path
     from_wheel: bool
+    # Answered from the cache, without running a hook.
+    cached: bool = False
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +95,7 @@ class RequiresOutcome:
     dynamic: tuple[str, ...]
     key_id: str
     backend: str
+    cached: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from . import checks, errors
 from .artifacts import publish
 from .blobs import BlobStore, is_digest, unpack_upload
 from .events import Emit, Phase
+from .hookcache import HookCache
 from .interpreters import resolve_interpreter
 from .keys import make_key, normalize_requirements
 from .leasing import Leaser, RequestContext, hold_source
@@ -41,6 +42,9 @@ from .requests import (
     settings_id,
 )
 from .sources import is_sdist, load_project, unpack_sdist
+from .store import Store
+from .treewatch import TreeWatchers
+from .watches import Watches
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -51,6 +55,7 @@ if TYPE_CHECKING:
     from .keys import EnvKey
     from .pool import Lease, Pool
     from .sessions import Session, SessionRegistry
+    from .storekeeper import StoreKeeper
 
 log = structlog.get_logger("buildd.service")
 
@@ -78,6 +83,8 @@ class BuildService:
         installer_name: str,
         metrics: Metrics | None = None,
         blobs: BlobStore | None = None,
+        store: Store | None = None,
+        keeper: StoreKeeper | None = None,
     ) -> None:
         self._config = config
         self.metrics = metrics or Metrics()
@@ -90,9 +97,30 @@ class BuildService:
         self._lock = threading.Lock()
         self._sources: dict[str, dict[str, SourceState]] = {}
         self._in_flight: dict[str, int] = {}
-        self._end_counts: dict[str, tuple[int, int]] = {}
-        self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout)
-        self.draining = False
+        self._end_counts: dict[str, tuple[int, int, int]] = {}
+        # Without a store given: session-only environments (--no-store).
+        self._store = store or Store(config.state_dir / "envs", enabled=False)
+        self._keeper = keeper
+        self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout, self._store, keeper)
+        self.cache = HookCache()
+        self.watches = Watches(
+            registry,
+            TreeWatchers(),
+            self.prepare_metadata,
+            max_per_session=config.max_watches_per_session,
+        )
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        # Watches wait for changes, not for work: a drain ends them at once.
+        self._draining = value
+        if value:
+            self.watches.end_all(errors.Unavailable("the daemon is shutting down"))
 
     # ------------------------------------------------------------ requests --
 
@@ -100,14 +128,21 @@ class BuildService:
         self, request: Request, dist: Dist, emit: Emit, cancel: threading.Event
     ) -> RequiresOutcome:
         def work(ctx: RequestContext) -> RequiresOutcome:
+            env = ctx.state.environment
+            cached = self.cache.requires(ctx, env, dist)
+            if env is not None and cached is not None:
+                return RequiresOutcome(
+                    ctx.project.requires, tuple(cached), env.key.id, ctx.project.backend, True
+                )
             with ctx.leased() as (lease, hooks):
                 dynamic = self._dynamic_requirements(ctx, lease, hooks, dist)
-                return RequiresOutcome(
-                    static=ctx.project.requires,
-                    dynamic=tuple(dynamic),
-                    key_id=lease.instance.key.id,
-                    backend=ctx.project.backend,
-                )
+            self.cache.commit(ctx)
+            return RequiresOutcome(
+                static=ctx.project.requires,
+                dynamic=tuple(dynamic),
+                key_id=lease.instance.key.id,
+                backend=ctx.project.backend,
+            )
 
         return self._run(request, emit, cancel, work)
 
@@ -119,16 +154,22 @@ class BuildService:
         cancel: threading.Event,
     ) -> MetadataOutcome:
         def work(ctx: RequestContext) -> MetadataOutcome:
+            cached = self.cache.metadata(ctx, dist)
+            if cached is not None:
+                return cached
             with ctx.leased() as (lease, hooks):
+                before = lease.instance.generation
                 self._dynamic_requirements(ctx, lease, hooks, dist)
                 prepared = self._prepare(ctx, lease.instance, hooks, dist)
-                path = prepared.directory / prepared.dist_info
-                return MetadataOutcome(
-                    metadata=(path / "METADATA").read_bytes(),
-                    dist_info_name=prepared.dist_info,
-                    dist_info_path=path,
-                    from_wheel=prepared.from_wheel,
-                )
+                self.cache.ran_prepare(ctx, lease.instance, before, prepared)
+            self.cache.commit(ctx)
+            return MetadataOutcome(
+                metadata=prepared.metadata,
+                dist_info_name=prepared.dist_info,
+                dist_info_path=prepared.directory / prepared.dist_info,
+                from_wheel=prepared.from_wheel,
+                fingerprint=ctx.fingerprint or "",
+            )
 
         return self._run(request, emit, cancel, work)
 
@@ -166,35 +207,61 @@ class BuildService:
                     sdist_path = artifact.path
             with ctx.session.lock:  # what DownloadArtifact may serve
                 ctx.session.artifacts.update((str(a.path), (a.size, a.sha256)) for a in results)
+            self.cache.commit(ctx)
             return results
 
         return self._run(request, emit, cancel, work)
 
     # ------------------------------------------------------------- sessions --
 
-    def session_ended(self, session: Session) -> tuple[int, int]:
-        """Drop everything a session owns; called once when it ends, however it ends."""
+    def session_ended(self, session: Session) -> tuple[int, int, int]:
+        """Drop everything a session owns; called once when it ends, however it ends.
+
+        With the store, the idle instances it used are checked and stay in
+        its principal's store; with ``--no-store`` they are deleted.
+        Returns (deleted now, deleted or stored at release, stored now).
+        """
+        self.watches.session_ended(session.id)
         with self._lock:
             self._sources.pop(session.id, None)
             busy = self._in_flight.get(session.id, 0)
-        deleted, pending = self._pool.drop_owner(session.id)
+        used = self._leaser.used(session.id)
+        if self._store.enabled and self._keeper is not None:
+            self._pool.end_party(session.id)
+            stored, deleted, pending = self._keeper.session_ended(session.id, used)
+        else:
+            stored = 0
+            deleted, pending = self._pool.drop_owner(session.id)
         if busy == 0:
             self._remove_session_dir(session)
         with self._lock:
             # Read back once by CloseSession; sessions that expire are never
             # asked about, so keep only the latest few.
-            self._end_counts[session.id] = (deleted, pending)
+            self._end_counts[session.id] = (deleted, pending, stored)
             while len(self._end_counts) > 64:
                 del self._end_counts[next(iter(self._end_counts))]
         log.info(
-            "session_ended", session=session.id[:8], envs_deleted=deleted, envs_pending=pending
+            "session_ended",
+            session=session.id[:8],
+            envs_deleted=deleted,
+            envs_pending=pending,
+            envs_stored=stored,
         )
-        return deleted, pending
+        return deleted, pending, stored
 
-    def last_end_counts(self, session_id: str) -> tuple[int, int]:
-        """(deleted now, deleted at release) of a session that just ended."""
+    @property
+    def keeper(self) -> StoreKeeper | None:
+        """The store's keeper; None with --no-store."""
+        return self._keeper if self._store.enabled else None
+
+    def leased_by(self, session_id: str) -> set[int]:
+        """ids of the instances a live session has leased so far (for status)."""
+        return self._leaser.leased_by(session_id)
+
+    def last_end_counts(self, session_id: str) -> tuple[int, int, int]:
+        """(deleted now, at release, stored now) of a session that just ended."""
         with self._lock:
-            return self._end_counts.pop(session_id, (0, 0))
+            return self._end_counts.pop(session_id, (0, 0, 0))
 
     def sources_of(self, session_id: str, env: Environment) -> list[str]:
         """The sources of a session whose affinity points at ``env``."""
@@ -212,6 +279,9 @@ class BuildService:
         session's request, when its own session ends.
         """
         self._factory.destroy(env)
+        if env.in_store:
+            self._store.release(env.principal, env.key_dir, env.slot)
+            return
         session_dir = env.path.parent.parent
         if session_dir.parent != self._config.state_dir / "sessions" or any(
             session.directory == session_dir for session in self._registry.all()
@@ -259,12 +329,16 @@ class BuildService:
             # with it either sees the request (and leaves cleanup to it) or
             # the request sees the end.
             if session.ended:
-                raise errors.SessionNotFound(f"session {session.id[:8]}… has ended")
+                raise errors.SessionEnded(
+                    f"session {session.id[:8]}… has ended",
+                    metadata={"session_id": session.id, "end_reason": session.end_reason or ""},
+                )
             state = self._source_state(session.id, request.source)
             # Taken before the project is even read: the first request of a
             # source fixes its instance, and an sdist is unpacked only once.
             with hold_source(state, cancel, request.deadline):
                 ctx = self._context(request, session, state, emit, cancel)
+                self.cache.begin(ctx)
                 bound.info("request_started", key=ctx.key.id, backend=ctx.project.backend)
                 return work(ctx)
         finally:
@@ -287,7 +361,12 @@ class BuildService:
         cancel: threading.Event,
     ) -> RequestContext:
         root = self._project_root(request.source, session, state)
-        project = load_project(str(root))
+        try:
+            project = load_project(str(root))
+        except errors.SourceNotFound as exc:
+            if not exc.field and not is_digest(request.source):
+                exc.field = "context.source.path"
+            raise
         interpreter = resolve_interpreter(request.python)
         origin = f"{project.pyproject or project.root}: build-system.requires"
         key = make_key(
@@ -359,6 +438,10 @@ class BuildService:
         self, ctx: RequestContext, lease: Lease[Environment], hooks: Hooks, dist: Dist
     ) -> list[str]:
         env = lease.instance
+        cached = self.cache.requires(ctx, env, dist)
+        if cached is not None:
+            return cached  # installed in this very generation
+        before = env.generation
         dynamic = hooks.get_requires(dist, ctx.request.config_settings)
         origin = f"{ctx.project.backend}: get_requires_for_build_{dist}"
         wanted = normalize_requirements(
@@ -366,8 +449,12 @@ class BuildService:
         )
         missing = [req for req in wanted if req not in env.key.requirements]
         if missing:
-            self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
+            with self._store.cache_in_use(env.principal):
+                self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
             lease.rekey(env.key)
+            if self._keeper is not None:
+                self._keeper.changed(env)
+        self.cache.ran_requires(ctx, env, dist, before, dynamic)
         return dynamic
 
     def _prepare(
@@ -384,13 +471,16 @@ class BuildService:
                 dist, directory, ctx.request.config_settings
             )
             checks.check_prepared(directory / dist_info, dist, ctx.project)
+            metadata = (directory / dist_info / "METADATA").read_bytes()
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         ctx.emit(
             Phase("artifact_checked", detail=dist_info, hook=f"prepare_metadata_for_build_{dist}")
         )
-        prepared = Prepared(directory, dist_info, env.id, ctx.project.fingerprint(), from_wheel)
+        # Usable for rule 6 and as a cached answer once the request confirmed
+        # the tree held still (hookcache.py).
+        prepared = Prepared(directory, dist_info, env.id, None, from_wheel, metadata)
         slot = (dist, settings_id(ctx.request.config_settings))
         old = ctx.state.prepared.get(slot)
         ctx.state.prepared[slot] = prepared
@@ -407,7 +497,8 @@ class BuildService:
             return None
         if (
             prepared.environment_id != env.id
-            or prepared.fingerprint != ctx.project.fingerprint()
+            or prepared.fingerprint is None
+            or prepared.fingerprint != ctx.fingerprint
             or not (prepared.directory / prepared.dist_info).is_dir()
         ):
             return None

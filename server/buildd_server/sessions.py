@@ -11,6 +11,14 @@ A session belongs to the principal that opened it. Every lookup made for a
 caller passes the caller's principal, and a session of another principal is
 answered exactly like an unknown id (NOT_FOUND, same message), so that ids,
 states and even the existence of other principals' sessions never leak.
+
+A client may propose the id of its new session (so that a proxy can route the
+OpenSession call by it, docs/scale-out.md). Ids are therefore scoped per
+principal: two principals may hold sessions with the same id, and a proposal
+that equals another principal's id simply opens a separate session, revealing
+nothing. ``Session.id`` stays unique within the daemon (pool owner, folder
+name): it is the proposed id, or a fresh one in that rare case, and
+``Session.wire_id`` is what the client knows.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ _log = structlog.get_logger("buildd.sessions")
 
 # token_urlsafe(24) gives 32 characters; accept a range so ids stay opaque.
 _ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# A proposed id has exactly the shape of the daemon's own (new_session_id).
+_PROPOSED = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{31}")
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 # Ids of ended sessions kept to say "has ended" rather than "unknown".
 _ENDED_MEMORY = 1024
@@ -90,6 +100,13 @@ class Session:
     # Artifacts built in the session, path -> (size, sha256); guarded by ``lock``.
     # Only these can be downloaded (DownloadArtifact).
     artifacts: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False)
+    # The id the client names the session by; ``id`` unless another principal
+    # holds a session with the same id (ids are scoped per principal).
+    wire_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.wire_id:
+            self.wire_id = self.id
 
 
 class SessionRegistry:
@@ -101,15 +118,20 @@ class SessionRegistry:
         ttl: float,
         on_end: Callable[[Session], None],
         clock: Callable[[], float] = time.monotonic,
+        daemon_id: str = "",
     ) -> None:
         self._root = root
         self._ttl = ttl
         self._on_end = on_end
         self._clock = clock
+        self._daemon = f" ({daemon_id})" if daemon_id else ""
         self._lock = threading.Lock()
+        # By Session.id, unique in the daemon.
         self._sessions: dict[str, Session] = {}
-        # id -> (why it ended, its principal)
-        self._ended: OrderedDict[str, tuple[EndReason, str]] = OrderedDict()
+        # By (principal, wire id): what lookups for a caller use.
+        self._named: dict[tuple[str, str], Session] = {}
+        # (principal, wire id) -> why it ended.
+        self._ended: OrderedDict[tuple[str, str], EndReason] = OrderedDict()
         self._closed = False
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -118,26 +140,58 @@ class SessionRegistry:
     def ttl(self) -> float:
         return self._ttl
 
-    def open(self, client_name: str, principal: str = "local") -> Session:
-        """Start a session of ``principal`` with an unguessable id and a private directory."""
-        session_id = new_session_id()
-        directory = self._root / session_id
+    def open(self, client_name: str, principal: str = "local", session_id: str = "") -> Session:
+        """Start a session of ``principal`` with a private directory.
+
+        Its id is ``session_id`` when the client proposed one (checked: the
+        shape of ``new_session_id``, not taken by a live or remembered session
+        of the same principal), else an unguessable new one.
+        """
+        if session_id and not _PROPOSED.fullmatch(session_id):
+            raise errors.InvalidRequest(
+                f"session_id: the proposed id {_show(session_id)} must be exactly 32 "
+                "characters from A-Z, a-z, 0-9, '-' and '_', not beginning with '-' or '_' "
+                "(for example secrets.token_urlsafe(24), redrawn when it begins with either)",
+                field="session_id",
+            )
+        wire_id = session_id or new_session_id()
         self._root.mkdir(parents=True, exist_ok=True)
-        directory.mkdir(mode=0o700)
-        # mkdir's mode is filtered by the umask; make it exactly private.
-        directory.chmod(0o700)
-        now = self._clock()
-        wall = time.time()
-        session = Session(session_id, client_name, directory, wall, now, wall, principal=principal)
         with self._lock:
             if self._closed:
-                closed = True
-            else:
-                closed = False
-                self._sessions[session_id] = session
-        if closed:
-            directory.rmdir()
-            raise errors.Unavailable("the daemon is shutting down and opens no new session")
+                raise errors.Unavailable("the daemon is shutting down and opens no new session")
+            name = (principal, wire_id)
+            if name in self._named or name in self._ended:
+                raise errors.SessionExists(
+                    f"session_id: {_show(wire_id)} is already the id of a session of principal "
+                    f"{principal!r} on this daemon{self._daemon}; propose a new random id",
+                    field="session_id",
+                    metadata={"session_id": wire_id},
+                )
+            internal = wire_id
+            # Another principal's session (or a folder left by one) has this id:
+            # this session gets a fresh internal id; the caller never sees it.
+            while internal in self._sessions or (self._root / internal).exists():
+                internal = new_session_id()
+            directory = self._root / internal
+            # Under the lock so that two proposals of one id cannot both pass;
+            # a mkdir is quick.
+            directory.mkdir(mode=0o700)
+            # mkdir's mode is filtered by the umask; make it exactly private.
+            directory.chmod(0o700)
+            now = self._clock()
+            wall = time.time()
+            session = Session(
+                internal,
+                client_name,
+                directory,
+                wall,
+                now,
+                wall,
+                principal=principal,
+                wire_id=wire_id,
+            )
+            self._sessions[internal] = session
+            self._named[name] = session
         return session
 
     def get(self, session_id: str, principal: str | None = None) -> Session:
@@ -224,6 +278,15 @@ class SessionRegistry:
         self._end_all_quietly(sessions)
         return sessions
 
+    def named(self, session_id: str, principal: str | None = None) -> list[Session]:
+        """Live sessions with this wire id (of ``principal``, when given), for status."""
+        with self._lock:
+            return [
+                s
+                for (owner, wire_id), s in self._named.items()
+                if wire_id == session_id and principal in (None, owner)
+            ]
+
     def all(self, principal: str | None = None) -> list[Session]:
         """Every live session, or only those of ``principal``."""
         with self._lock:
@@ -266,21 +329,40 @@ class SessionRegistry:
     def _lookup(self, session_id: str, principal: str | None = None) -> Session:
         """Lock held. Another principal's session is reported as unknown."""
         if not session_id:
-            raise errors.SessionNotFound("session id is empty")
+            raise errors.SessionNotFound("session id is empty", metadata={"session_id": ""})
         if not _ID.fullmatch(session_id):
             raise errors.SessionNotFound(
                 f"session id {_show(session_id)} is malformed: "
-                "expected 16 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+                "expected 16 to 64 characters from A-Z, a-z, 0-9, '_' and '-'",
+                metadata={"session_id": session_id[:64]},
             )
-        session = self._sessions.get(session_id)
-        if session is not None and principal in (None, session.principal):
+        if principal is not None:
+            session = self._named.get((principal, session_id))
+            reason = None if session is not None else self._ended.get((principal, session_id))
+        else:
+            # Internal and admin lookups: any principal's session of that id.
+            session = next(
+                (s for (_, wire_id), s in self._named.items() if wire_id == session_id), None
+            )
+            reason = next(
+                (r for (_, wire_id), r in self._ended.items() if wire_id == session_id), None
+            )
+        if session is not None:
             return session
-        ended = self._ended.get(session_id) if session is None else None
-        if ended is not None and principal in (None, ended[1]):
-            reason = ended[0]
+        if reason is not None:
             how = {"closed": "was closed", "expired": "expired", "shutdown": "ended at shutdown"}
-            raise errors.SessionNotFound(f"session {_show(session_id)} has ended: {how[reason]}")
-        raise errors.SessionNotFound(f"session {_show(session_id)} is unknown to this daemon")
+            raise errors.SessionEnded(
+                f"session {_show(session_id)} has ended: {how[reason]}; open a new session",
+                metadata={"session_id": session_id, "end_reason": reason},
+            )
+        # Behind a proxy this is what the sessions of a daemon that stopped or
+        # was lost get from the daemon their calls reach now (docs/scale-out.md).
+        raise errors.SessionNotFound(
+            f"session {_show(session_id)} is unknown to this daemon{self._daemon}: open a "
+            "new session (the daemon that held it may have stopped or been lost, or it "
+            "ended long ago)",
+            metadata={"session_id": session_id},
+        )
 
     def _touch(self, session: Session) -> None:
         """Lock held."""
@@ -293,7 +375,9 @@ class SessionRegistry:
         session.ended = True
         session.end_reason = reason
         del self._sessions[session.id]
-        self._ended[session.id] = (reason, session.principal)
+        name = (session.principal, session.wire_id)
+        del self._named[name]
+        self._ended[name] = reason
         while len(self._ended) > _ENDED_MEMORY:
             self._ended.popitem(last=False)
 

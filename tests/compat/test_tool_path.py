@@ -211,7 +211,6 @@ def test_metadata_then_wheel_use_the_same_tool(daemon: Daemon, tmp_path: Path) -
             cached = json.loads((source / "build" / "tool-cache.json").read_text())
             call = session.build(source, distributions=("wheel",), output_directory=tmp_path / "o")
             [artifact] = call.result().artifacts
-            # Still there while the session lives: the environment is the session's.
             assert os.path.exists(str(cached["path"]))
         finally:
             closed = session.close()
@@ -219,9 +218,10 @@ def test_metadata_then_wheel_use_the_same_tool(daemon: Daemon, tmp_path: Path) -
     assert used == cached
     # The tool came from a build environment of this daemon, not from the machine.
     assert str(used["path"]).startswith(str(daemon.root / "state"))
-    # ... and that environment, idle, was deleted when the session closed.
-    assert (closed.environments_deleted, closed.environments_pending) == (1, 0)
-    assert not os.path.exists(str(used["path"]))
+    # ... and that environment, idle, stays in the store when the session
+    # closes: the tool keeps its path for the principal's next session.
+    assert (closed.environments_stored, closed.environments_deleted) == (1, 0)
+    assert os.path.exists(str(used["path"]))
 
 
 def test_interleaved_sources_each_keep_their_tool(daemon: Daemon, tmp_path: Path) -> None:

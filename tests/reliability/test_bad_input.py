@@ -673,7 +673,7 @@ def test_relative_or_missing_source(bystander: Bystander, victim: Session) -> No
                 context=context(sid, src),
                 distributions=[99],  # type: ignore[list-item]
             ),
-            ["distributions[0]", "unknown value 99"],
+            ["distributions[0]", "99 is not a Distribution"],
         ),
         (
             lambda sid, src: pb.BuildRequest(
@@ -782,7 +782,9 @@ def test_malformed_session_id(
     bystander: Bystander, client: Client, tmp_path: Path, session_id: str, shown: str
 ) -> None:
     source = probe_project(tmp_path / "p", tmp_path / "probe.log")
-    request = pb.PrepareMetadataRequest(context=context(session_id, str(source)))
+    request = pb.PrepareMetadataRequest(
+        context=context(session_id, str(source)), distribution=pb.DISTRIBUTION_WHEEL
+    )
     runs = [
         lambda: client.join_session(session_id),
         raw_call(Session(client, pb.SessionInfo()), "PrepareMetadata", request),

@@ -45,7 +45,10 @@ def test_another_principal_cannot_see_or_use_a_session(remote: RemoteDaemon) -> 
             context = pb.BuildContext(session_id=session_id, source=digest)
             events = []
             try:
-                for event in stub.GetRequires(pb.GetRequiresRequest(context=context), metadata=md):
+                for event in stub.GetRequires(
+                    pb.GetRequiresRequest(context=context, distribution=pb.DISTRIBUTION_WHEEL),
+                    metadata=md,
+                ):
                     events.append(event)
             except grpc.RpcError as exc:
                 out.append((exc.code(), exc.details() or ""))

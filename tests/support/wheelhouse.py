@@ -41,6 +41,8 @@ REQUIREMENT_SETS: tuple[tuple[str, ...], ...] = (
     # pypa/build for the interpreters other than the runner's own, with exactly
     # the runner's packaging (compat/interpreters.py, tool_requirements).
     ("build>=1.4", f"packaging=={version('packaging')}"),
+    # Versions from git tags (the metadata cache must see a new tag).
+    ("setuptools>=64", "setuptools-scm>=8"),
 )
 
 # The test runner's own Python, and every interpreter the compatibility

@@ -5,20 +5,39 @@ buildd wire contract, version 1.
 
 This file is the source of truth for every buildd client, whatever its
 language. Field numbers are never reused; new fields are added, old ones are
-only ever deprecated. See docs/protocol.md for the flow of a typical IDE and
-CI session and for how errors are reported.
+only ever deprecated. Version rule (docs/protocol.md#versioning): within
+buildd.v1 every change is additive and checked by `buf breaking`; a change
+that would break a v1 client goes into a new package, buildd.v2, served
+beside v1. See docs/protocol.md for the flow of a typical IDE and CI session
+and for how errors are reported.
 
 Conventions used throughout:
-- Paths are absolute paths as seen by the daemon's file system.
+- Paths are absolute paths as seen by the daemon's file system, at most
+  4096 bytes of UTF-8, each component at most 255 bytes, no NUL or other
+  control character (INVALID_ARGUMENT naming the field otherwise).
 - Digests are written "sha256:" followed by 64 lowercase hex digits.
 - Large bytes (uploaded sources, downloaded artifacts) travel in chunks of
   64 KiB to 1 MiB; the daemon refuses chunks larger than 1 MiB.
 - Durations are seconds as doubles; timestamps are Unix seconds as doubles.
+- Enums in requests: the zero value (`*_UNSPECIFIED`) and numbers this
+  version does not define are refused with INVALID_ARGUMENT naming the
+  field (for example `distribution`). Protobuf decodes a misspelt enum name
+  or a forgotten field as zero, so zero never silently means a default.
+  Enums in responses may gain values: treat an unknown number as
+  "something this client does not know yet", never as an error.
+- Field paths in error messages and in error details are written from the
+  request root, with indexes: `context.source.path`,
+  `context.config_settings[3].key`, `distributions[1]`.
 - Long calls (PrepareMetadata, GetRequires, Build) are server-streaming: they
   send any number of `Phase` and `LogLine` events, then exactly one final
   event, `result` or `failure`, and then the RPC ends. When the final event is
   a `failure`, the RPC also ends with the gRPC status given in
   `Failure.status_code`, so clients that only look at statuses still see it.
+- Every failing call, unary or streaming, carries a `google.rpc.Status` in
+  the standard `grpc-status-details-bin` trailer: an `ErrorInfo` (reason =
+  the FailureKind name without its prefix, domain "buildd"), a `BadRequest`
+  for a bad field, a `RetryInfo` where retrying helps, and the
+  `buildd.v1.Failure` itself (docs/protocol.md#failures).
 
 Identity (see docs/remote.md): a daemon started with --token-file expects
 every call except health checking and reflection to carry the metadata
@@ -28,6 +47,21 @@ them, and every other principal gets NOT_FOUND for them, exactly as for an
 unknown id. Without tokens, callers on a Unix socket or a loopback address
 are the principal "local"; other callers (only with --insecure) are
 "anonymous".
+
+Routing (see docs/scale-out.md): several daemons may stand behind one
+address, a proxy pinning each session to the daemon that holds it by
+hashing the metadata `x-buildd-session: <session id>`. A client sends it on
+every call that names a session: OpenSession (with the id it proposes in
+`OpenSessionRequest.session_id`), JoinSession, KeepAlive, CloseSession,
+GetRequires, PrepareMetadata, WatchMetadata, Build, GetStatus with a
+`session_id`, DownloadArtifact, and also FindMissingBlobs and UploadBlob, whose messages
+name no session: the header says which session the upload is for, so that
+it reaches the daemon that will build it. When the header is present on a
+call whose request names a session, the two must be equal
+(INVALID_ARGUMENT otherwise); on FindMissingBlobs and UploadBlob it must
+name a live session of the caller (NOT_FOUND otherwise, as for any unknown
+session). Calls without the header (health checks, Shutdown, GetStatus of
+the whole daemon) may reach any daemon.
 """
 
 from collections import abc as _abc
@@ -44,6 +78,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _Distribution:
@@ -53,6 +92,9 @@ class _Distribution:
 class _DistributionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Distribution.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DISTRIBUTION_UNSPECIFIED: _Distribution.ValueType  # 0
+    """Not a distribution: refused with INVALID_ARGUMENT naming the field (a
+    misspelt or forgotten enum value decodes as this).
+    """
     DISTRIBUTION_WHEEL: _Distribution.ValueType  # 1
     """A wheel (`build_wheel`)."""
     DISTRIBUTION_SDIST: _Distribution.ValueType  # 2
@@ -64,6 +106,9 @@ class Distribution(_Distribution, metaclass=_DistributionEnumTypeWrapper):
     """The kinds of distribution PEP 517 and PEP 660 know."""
 
 DISTRIBUTION_UNSPECIFIED: Distribution.ValueType  # 0
+"""Not a distribution: refused with INVALID_ARGUMENT naming the field (a
+misspelt or forgotten enum value decodes as this).
+"""
 DISTRIBUTION_WHEEL: Distribution.ValueType  # 1
 """A wheel (`build_wheel`)."""
 DISTRIBUTION_SDIST: Distribution.ValueType  # 2
@@ -79,6 +124,9 @@ class _PhaseKind:
 class _PhaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PHASE_KIND_UNSPECIFIED: _PhaseKind.ValueType  # 0
+    """Never sent by this version; a newer daemon's kind unknown to the client
+    arrives as its number.
+    """
     PHASE_KIND_KEY_RESOLVED: _PhaseKind.ValueType  # 1
     """The project was read: `detail` is the backend, `key_id` the static key."""
     PHASE_KIND_WAITING_FOR_ENVIRONMENT: _PhaseKind.ValueType  # 2
@@ -87,26 +135,40 @@ class _PhaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseKind.V
     """
     PHASE_KIND_CREATING_ENVIRONMENT: _PhaseKind.ValueType  # 3
     """A new environment is being created (virtualenv). Sent when the step
-    starts and again, with `step_seconds`, when it ends.
+    starts (`step` START) and again when it ends (`step` END, with
+    `step_seconds`).
     """
     PHASE_KIND_INSTALLING_REQUIREMENTS: _PhaseKind.ValueType  # 4
     """`count` requirements (listed in `detail`) are being installed into
-    `environment_path`. Sent when the step starts and again, with
-    `step_seconds`, when it ends.
+    `environment_path`. Sent when the step starts (START) and again when it
+    ends (END, with `step_seconds`).
     """
     PHASE_KIND_ENVIRONMENT_LEASED: _PhaseKind.ValueType  # 5
     """The request holds an exclusive lease on `environment_path`."""
     PHASE_KIND_RUNNING_HOOK: _PhaseKind.ValueType  # 6
     """Hook `hook` started in a fresh process: a plain subprocess, or a fork of
-    the environment's fork server (docs/performance.md).
+    the environment's fork server (docs/performance.md). `step` START.
     """
     PHASE_KIND_HOOK_FINISHED: _PhaseKind.ValueType  # 7
-    """Hook `hook` ended, successfully or not: `detail` is "ok" or "failed", and
+    """Hook `hook` ended, successfully or not: `outcome` says how, and
     `step_seconds` is the hook call's own duration. Sent after every
-    RUNNING_HOOK.
+    RUNNING_HOOK; `step` END.
     """
     PHASE_KIND_ARTIFACT_WRITTEN: _PhaseKind.ValueType  # 8
     """An artifact was written: `detail` is its path."""
+    PHASE_KIND_CACHE_HIT: _PhaseKind.ValueType  # 9
+    """Hook `hook` did not run: its answer was taken from the cache, given for
+    the same environment instance (`environment_path`, `key_id`), config
+    settings and source fingerprint (`source_fingerprint`). Sent instead of
+    RUNNING_HOOK and HOOK_FINISHED, once per hook not run.
+    """
+    PHASE_KIND_ENVIRONMENT_ADOPTED: _PhaseKind.ValueType  # 10
+    """The session leased, for the first time, an environment its principal's
+    store kept from an earlier session or daemon run (so nothing had to be
+    created): `environment_path` and `slot` name it, `detail` says when it
+    was created and last used, `validation_seconds` what checking it cost.
+    Sent just before ENVIRONMENT_LEASED.
+    """
     PHASE_KIND_ARTIFACT_CHECKED: _PhaseKind.ValueType  # 11
     """What hook `hook` produced passed the daemon's checks (docs/protocol.md,
     "Artifact checks"): `detail` is its file name (a wheel, an sdist, or a
@@ -119,6 +181,9 @@ class PhaseKind(_PhaseKind, metaclass=_PhaseKindEnumTypeWrapper):
     """The steps of a request, in the order they usually happen."""
 
 PHASE_KIND_UNSPECIFIED: PhaseKind.ValueType  # 0
+"""Never sent by this version; a newer daemon's kind unknown to the client
+arrives as its number.
+"""
 PHASE_KIND_KEY_RESOLVED: PhaseKind.ValueType  # 1
 """The project was read: `detail` is the backend, `key_id` the static key."""
 PHASE_KIND_WAITING_FOR_ENVIRONMENT: PhaseKind.ValueType  # 2
@@ -127,26 +192,40 @@ caps are reached: the request is queued.
 """
 PHASE_KIND_CREATING_ENVIRONMENT: PhaseKind.ValueType  # 3
 """A new environment is being created (virtualenv). Sent when the step
-starts and again, with `step_seconds`, when it ends.
+starts (`step` START) and again when it ends (`step` END, with
+`step_seconds`).
 """
 PHASE_KIND_INSTALLING_REQUIREMENTS: PhaseKind.ValueType  # 4
 """`count` requirements (listed in `detail`) are being installed into
-`environment_path`. Sent when the step starts and again, with
-`step_seconds`, when it ends.
+`environment_path`. Sent when the step starts (START) and again when it
+ends (END, with `step_seconds`).
 """
 PHASE_KIND_ENVIRONMENT_LEASED: PhaseKind.ValueType  # 5
 """The request holds an exclusive lease on `environment_path`."""
 PHASE_KIND_RUNNING_HOOK: PhaseKind.ValueType  # 6
 """Hook `hook` started in a fresh process: a plain subprocess, or a fork of
-the environment's fork server (docs/performance.md).
+the environment's fork server (docs/performance.md). `step` START.
 """
 PHASE_KIND_HOOK_FINISHED: PhaseKind.ValueType  # 7
-"""Hook `hook` ended, successfully or not: `detail` is "ok" or "failed", and
+"""Hook `hook` ended, successfully or not: `outcome` says how, and
 `step_seconds` is the hook call's own duration. Sent after every
-RUNNING_HOOK.
+RUNNING_HOOK; `step` END.
 """
 PHASE_KIND_ARTIFACT_WRITTEN: PhaseKind.ValueType  # 8
 """An artifact was written: `detail` is its path."""
+PHASE_KIND_CACHE_HIT: PhaseKind.ValueType  # 9
+"""Hook `hook` did not run: its answer was taken from the cache, given for
+the same environment instance (`environment_path`, `key_id`), config
+settings and source fingerprint (`source_fingerprint`). Sent instead of
+RUNNING_HOOK and HOOK_FINISHED, once per hook not run.
+"""
+PHASE_KIND_ENVIRONMENT_ADOPTED: PhaseKind.ValueType  # 10
+"""The session leased, for the first time, an environment its principal's
+store kept from an earlier session or daemon run (so nothing had to be
+created): `environment_path` and `slot` name it, `detail` says when it
+was created and last used, `validation_seconds` what checking it cost.
+Sent just before ENVIRONMENT_LEASED.
+"""
 PHASE_KIND_ARTIFACT_CHECKED: PhaseKind.ValueType  # 11
 """What hook `hook` produced passed the daemon's checks (docs/protocol.md,
 "Artifact checks"): `detail` is its file name (a wheel, an sdist, or a
@@ -156,6 +235,82 @@ FAILURE_KIND_BACKEND_FAILED instead.
 """
 Global___PhaseKind: _TypeAlias = PhaseKind  # noqa: Y015
 
+class _PhaseStep:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PhaseStepEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseStep.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PHASE_STEP_UNSPECIFIED: _PhaseStep.ValueType  # 0
+    """Not set (a daemon older than this field)."""
+    PHASE_STEP_START: _PhaseStep.ValueType  # 1
+    """A step that takes time has started; its END follows (CREATING_ENVIRONMENT,
+    INSTALLING_REQUIREMENTS, RUNNING_HOOK).
+    """
+    PHASE_STEP_END: _PhaseStep.ValueType  # 2
+    """That step has ended; `step_seconds` is its duration (CREATING_ENVIRONMENT,
+    INSTALLING_REQUIREMENTS, HOOK_FINISHED).
+    """
+    PHASE_STEP_INSTANT: _PhaseStep.ValueType  # 3
+    """Something that happened at one moment (KEY_RESOLVED,
+    WAITING_FOR_ENVIRONMENT, ENVIRONMENT_LEASED, CACHE_HIT, ARTIFACT_WRITTEN).
+    """
+
+class PhaseStep(_PhaseStep, metaclass=_PhaseStepEnumTypeWrapper):
+    """Whether a phase opens a step, closes it, or stands alone."""
+
+PHASE_STEP_UNSPECIFIED: PhaseStep.ValueType  # 0
+"""Not set (a daemon older than this field)."""
+PHASE_STEP_START: PhaseStep.ValueType  # 1
+"""A step that takes time has started; its END follows (CREATING_ENVIRONMENT,
+INSTALLING_REQUIREMENTS, RUNNING_HOOK).
+"""
+PHASE_STEP_END: PhaseStep.ValueType  # 2
+"""That step has ended; `step_seconds` is its duration (CREATING_ENVIRONMENT,
+INSTALLING_REQUIREMENTS, HOOK_FINISHED).
+"""
+PHASE_STEP_INSTANT: PhaseStep.ValueType  # 3
+"""Something that happened at one moment (KEY_RESOLVED,
+WAITING_FOR_ENVIRONMENT, ENVIRONMENT_LEASED, CACHE_HIT, ARTIFACT_WRITTEN).
+"""
+Global___PhaseStep: _TypeAlias = PhaseStep  # noqa: Y015
+
+class _HookOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HookOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HookOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOOK_OUTCOME_UNSPECIFIED: _HookOutcome.ValueType  # 0
+    """Not a HOOK_FINISHED phase."""
+    HOOK_OUTCOME_OK: _HookOutcome.ValueType  # 1
+    """The hook returned a result."""
+    HOOK_OUTCOME_FAILED: _HookOutcome.ValueType  # 2
+    """The hook raised, exited non-zero, was killed, was missing or returned
+    something invalid; the final failure says which.
+    """
+    HOOK_OUTCOME_TIMED_OUT: _HookOutcome.ValueType  # 3
+    """The hook ran past the daemon's --hook-timeout and was killed."""
+    HOOK_OUTCOME_CANCELLED: _HookOutcome.ValueType  # 4
+    """The request was cancelled (or its deadline passed) and the hook killed."""
+
+class HookOutcome(_HookOutcome, metaclass=_HookOutcomeEnumTypeWrapper):
+    """How a hook call ended (set on HOOK_FINISHED only)."""
+
+HOOK_OUTCOME_UNSPECIFIED: HookOutcome.ValueType  # 0
+"""Not a HOOK_FINISHED phase."""
+HOOK_OUTCOME_OK: HookOutcome.ValueType  # 1
+"""The hook returned a result."""
+HOOK_OUTCOME_FAILED: HookOutcome.ValueType  # 2
+"""The hook raised, exited non-zero, was killed, was missing or returned
+something invalid; the final failure says which.
+"""
+HOOK_OUTCOME_TIMED_OUT: HookOutcome.ValueType  # 3
+"""The hook ran past the daemon's --hook-timeout and was killed."""
+HOOK_OUTCOME_CANCELLED: HookOutcome.ValueType  # 4
+"""The request was cancelled (or its deadline passed) and the hook killed."""
+Global___HookOutcome: _TypeAlias = HookOutcome  # noqa: Y015
+
 class _LogStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -163,15 +318,58 @@ class _LogStream:
 class _LogStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogStream.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     LOG_STREAM_UNSPECIFIED: _LogStream.ValueType  # 0
+    """Not set (never sent)."""
     LOG_STREAM_STDOUT: _LogStream.ValueType  # 1
+    """Standard output."""
     LOG_STREAM_STDERR: _LogStream.ValueType  # 2
+    """Standard error (also the backend's warnings from PEP 517's output.json)."""
 
-class LogStream(_LogStream, metaclass=_LogStreamEnumTypeWrapper): ...
+class LogStream(_LogStream, metaclass=_LogStreamEnumTypeWrapper):
+    """Which output stream a line was written to."""
 
 LOG_STREAM_UNSPECIFIED: LogStream.ValueType  # 0
+"""Not set (never sent)."""
 LOG_STREAM_STDOUT: LogStream.ValueType  # 1
+"""Standard output."""
 LOG_STREAM_STDERR: LogStream.ValueType  # 2
+"""Standard error (also the backend's warnings from PEP 517's output.json)."""
 Global___LogStream: _TypeAlias = LogStream  # noqa: Y015
+
+class _LogSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LogSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOG_SOURCE_UNSPECIFIED: _LogSource.ValueType  # 0
+    """Not set (a daemon older than this field): read `LogLine.hook`."""
+    LOG_SOURCE_HOOK: _LogSource.ValueType  # 1
+    """A PEP 517 hook process; `LogLine.hook` names the hook."""
+    LOG_SOURCE_INSTALLER: _LogSource.ValueType  # 2
+    """The installer (uv or pip) installing build requirements;
+    `LogLine.hook` is "install".
+    """
+    LOG_SOURCE_COMPILER: _LogSource.ValueType  # 3
+    """Bytecode compilation of a new environment's packages;
+    `LogLine.hook` is "install".
+    """
+
+class LogSource(_LogSource, metaclass=_LogSourceEnumTypeWrapper):
+    """Which process wrote a line."""
+
+LOG_SOURCE_UNSPECIFIED: LogSource.ValueType  # 0
+"""Not set (a daemon older than this field): read `LogLine.hook`."""
+LOG_SOURCE_HOOK: LogSource.ValueType  # 1
+"""A PEP 517 hook process; `LogLine.hook` names the hook."""
+LOG_SOURCE_INSTALLER: LogSource.ValueType  # 2
+"""The installer (uv or pip) installing build requirements;
+`LogLine.hook` is "install".
+"""
+LOG_SOURCE_COMPILER: LogSource.ValueType  # 3
+"""Bytecode compilation of a new environment's packages;
+`LogLine.hook` is "install".
+"""
+Global___LogSource: _TypeAlias = LogSource  # noqa: Y015
 
 class _WarningKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -180,6 +378,9 @@ class _WarningKind:
 class _WarningKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WarningKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     WARNING_KIND_UNSPECIFIED: _WarningKind.ValueType  # 0
+    """Never sent; a client that reads it has a newer daemon's warning it does
+    not know.
+    """
     WARNING_KIND_NEAR_MISS: _WarningKind.ValueType  # 1
     """A table or key whose name is close to one the daemon knows, e.g.
     `[build_sytem]` for `[build-system]`: `field` is the name as written,
@@ -197,6 +398,9 @@ class WarningKind(_WarningKind, metaclass=_WarningKindEnumTypeWrapper):
     """What a Warning is about."""
 
 WARNING_KIND_UNSPECIFIED: WarningKind.ValueType  # 0
+"""Never sent; a client that reads it has a newer daemon's warning it does
+not know.
+"""
 WARNING_KIND_NEAR_MISS: WarningKind.ValueType  # 1
 """A table or key whose name is close to one the daemon knows, e.g.
 `[build_sytem]` for `[build-system]`: `field` is the name as written,
@@ -218,6 +422,9 @@ class _FailureKind:
 class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FAILURE_KIND_UNSPECIFIED: _FailureKind.ValueType  # 0
+    """Never sent by this version; a newer daemon's kind unknown to the client
+    arrives as its number: go by `Failure.status_code`.
+    """
     FAILURE_KIND_INVALID_REQUEST: _FailureKind.ValueType  # 1
     """The request itself is malformed (a field's value). INVALID_ARGUMENT."""
     FAILURE_KIND_INVALID_PROJECT: _FailureKind.ValueType  # 2
@@ -229,7 +436,11 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     FAILURE_KIND_SOURCE_UNREADABLE: _FailureKind.ValueType  # 4
     """The daemon may not read the source. PERMISSION_DENIED."""
     FAILURE_KIND_SESSION_NOT_FOUND: _FailureKind.ValueType  # 5
-    """The session is unknown or has ended. NOT_FOUND."""
+    """The session id is malformed, or this daemon never knew it (or it is
+    another principal's). NOT_FOUND. Behind a proxy this is also the answer
+    for a session whose daemon stopped or was lost (another daemon gets its
+    calls and does not know it): open a new session.
+    """
     FAILURE_KIND_INTERPRETER_NOT_FOUND: _FailureKind.ValueType  # 6
     """The requested interpreter could not be found or run. FAILED_PRECONDITION."""
     FAILURE_KIND_INSTALL_FAILED: _FailureKind.ValueType  # 7
@@ -261,11 +472,39 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     outside the daemon's --allow-path roots, or a non-admin calling Shutdown.
     PERMISSION_DENIED.
     """
+    FAILURE_KIND_SESSION_ENDED: _FailureKind.ValueType  # 17
+    """The session existed and has ended (closed, expired or ended at daemon
+    shutdown; `Failure.metadata["end_reason"]` says which): open a new one.
+    NOT_FOUND.
+    """
+    FAILURE_KIND_BLOB_NOT_FOUND: _FailureKind.ValueType  # 18
+    """The uploaded archive named by `context.source.digest` is not (or no
+    longer) in the daemon's cache: upload it again, then retry. NOT_FOUND.
+    """
+    FAILURE_KIND_ARTIFACT_NOT_FOUND: _FailureKind.ValueType  # 19
+    """DownloadArtifact: the path is no artifact a Build of this session
+    reported, or the file is gone or changed since. NOT_FOUND.
+    """
+    FAILURE_KIND_UNAUTHENTICATED: _FailureKind.ValueType  # 20
+    """The call carries no bearer token, or one the daemon does not know.
+    UNAUTHENTICATED.
+    """
+    FAILURE_KIND_SESSION_EXISTS: _FailureKind.ValueType  # 23
+    """The session id proposed to OpenSession is taken by a live or recently
+    ended session of the same principal: propose another (a fresh random one).
+    ALREADY_EXISTS.
+    """
 
 class FailureKind(_FailureKind, metaclass=_FailureKindEnumTypeWrapper):
-    """Why a request failed; the RPC's status code is `status_code`."""
+    """Why a request failed. Each kind has exactly one gRPC status code (given
+    here and in the table of docs/protocol.md#failures); its name without the
+    prefix is the `ErrorInfo.reason` of the call's error details.
+    """
 
 FAILURE_KIND_UNSPECIFIED: FailureKind.ValueType  # 0
+"""Never sent by this version; a newer daemon's kind unknown to the client
+arrives as its number: go by `Failure.status_code`.
+"""
 FAILURE_KIND_INVALID_REQUEST: FailureKind.ValueType  # 1
 """The request itself is malformed (a field's value). INVALID_ARGUMENT."""
 FAILURE_KIND_INVALID_PROJECT: FailureKind.ValueType  # 2
@@ -277,7 +516,11 @@ FAILURE_KIND_SOURCE_NOT_FOUND: FailureKind.ValueType  # 3
 FAILURE_KIND_SOURCE_UNREADABLE: FailureKind.ValueType  # 4
 """The daemon may not read the source. PERMISSION_DENIED."""
 FAILURE_KIND_SESSION_NOT_FOUND: FailureKind.ValueType  # 5
-"""The session is unknown or has ended. NOT_FOUND."""
+"""The session id is malformed, or this daemon never knew it (or it is
+another principal's). NOT_FOUND. Behind a proxy this is also the answer
+for a session whose daemon stopped or was lost (another daemon gets its
+calls and does not know it): open a new session.
+"""
 FAILURE_KIND_INTERPRETER_NOT_FOUND: FailureKind.ValueType  # 6
 """The requested interpreter could not be found or run. FAILED_PRECONDITION."""
 FAILURE_KIND_INSTALL_FAILED: FailureKind.ValueType  # 7
@@ -309,6 +552,28 @@ FAILURE_KIND_PERMISSION_DENIED: FailureKind.ValueType  # 16
 outside the daemon's --allow-path roots, or a non-admin calling Shutdown.
 PERMISSION_DENIED.
 """
+FAILURE_KIND_SESSION_ENDED: FailureKind.ValueType  # 17
+"""The session existed and has ended (closed, expired or ended at daemon
+shutdown; `Failure.metadata["end_reason"]` says which): open a new one.
+NOT_FOUND.
+"""
+FAILURE_KIND_BLOB_NOT_FOUND: FailureKind.ValueType  # 18
+"""The uploaded archive named by `context.source.digest` is not (or no
+longer) in the daemon's cache: upload it again, then retry. NOT_FOUND.
+"""
+FAILURE_KIND_ARTIFACT_NOT_FOUND: FailureKind.ValueType  # 19
+"""DownloadArtifact: the path is no artifact a Build of this session
+reported, or the file is gone or changed since. NOT_FOUND.
+"""
+FAILURE_KIND_UNAUTHENTICATED: FailureKind.ValueType  # 20
+"""The call carries no bearer token, or one the daemon does not know.
+UNAUTHENTICATED.
+"""
+FAILURE_KIND_SESSION_EXISTS: FailureKind.ValueType  # 23
+"""The session id proposed to OpenSession is taken by a live or recently
+ended session of the same principal: propose another (a fresh random one).
+ALREADY_EXISTS.
+"""
 Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
 
 class _EnvironmentState:
@@ -318,23 +583,72 @@ class _EnvironmentState:
 class _EnvironmentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnvironmentState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ENVIRONMENT_STATE_UNSPECIFIED: _EnvironmentState.ValueType  # 0
+    """Not set (never sent)."""
     ENVIRONMENT_STATE_IDLE: _EnvironmentState.ValueType  # 1
     """Ready to be leased."""
     ENVIRONMENT_STATE_LEASED: _EnvironmentState.ValueType  # 2
     """Leased by a running request."""
     ENVIRONMENT_STATE_CREATING: _EnvironmentState.ValueType  # 3
-    """Being created."""
+    """Being created (virtualenv, static requirements) for a request that is
+    waiting for it; `id` and `path` are empty until it exists.
+    """
+    ENVIRONMENT_STATE_CHECKING: _EnvironmentState.ValueType  # 4
+    """Being checked by the store (after a daemon restart, or at the end of a
+    session that used it): leased to nobody, not leasable until the check
+    ends.
+    """
 
-class EnvironmentState(_EnvironmentState, metaclass=_EnvironmentStateEnumTypeWrapper): ...
+class EnvironmentState(_EnvironmentState, metaclass=_EnvironmentStateEnumTypeWrapper):
+    """What an environment is doing."""
 
 ENVIRONMENT_STATE_UNSPECIFIED: EnvironmentState.ValueType  # 0
+"""Not set (never sent)."""
 ENVIRONMENT_STATE_IDLE: EnvironmentState.ValueType  # 1
 """Ready to be leased."""
 ENVIRONMENT_STATE_LEASED: EnvironmentState.ValueType  # 2
 """Leased by a running request."""
 ENVIRONMENT_STATE_CREATING: EnvironmentState.ValueType  # 3
-"""Being created."""
+"""Being created (virtualenv, static requirements) for a request that is
+waiting for it; `id` and `path` are empty until it exists.
+"""
+ENVIRONMENT_STATE_CHECKING: EnvironmentState.ValueType  # 4
+"""Being checked by the store (after a daemon restart, or at the end of a
+session that used it): leased to nobody, not leasable until the check
+ends.
+"""
 Global___EnvironmentState: _TypeAlias = EnvironmentState  # noqa: Y015
+
+class _InterpreterSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InterpreterSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InterpreterSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INTERPRETER_SOURCE_UNSPECIFIED: _InterpreterSource.ValueType  # 0
+    """Not set (never sent)."""
+    INTERPRETER_SOURCE_DAEMON: _InterpreterSource.ValueType  # 1
+    """The interpreter the daemon itself runs on: what an empty
+    `BuildContext.python` means.
+    """
+    INTERPRETER_SOURCE_PATH: _InterpreterSource.ValueType  # 2
+    """A `python3` or `python3.N` executable in a folder of the daemon's PATH."""
+    INTERPRETER_SOURCE_PYENV: _InterpreterSource.ValueType  # 3
+    """A version installed by pyenv (`$PYENV_ROOT/versions/*/bin`)."""
+
+class InterpreterSource(_InterpreterSource, metaclass=_InterpreterSourceEnumTypeWrapper):
+    """How the daemon found an interpreter."""
+
+INTERPRETER_SOURCE_UNSPECIFIED: InterpreterSource.ValueType  # 0
+"""Not set (never sent)."""
+INTERPRETER_SOURCE_DAEMON: InterpreterSource.ValueType  # 1
+"""The interpreter the daemon itself runs on: what an empty
+`BuildContext.python` means.
+"""
+INTERPRETER_SOURCE_PATH: InterpreterSource.ValueType  # 2
+"""A `python3` or `python3.N` executable in a folder of the daemon's PATH."""
+INTERPRETER_SOURCE_PYENV: InterpreterSource.ValueType  # 3
+"""A version installed by pyenv (`$PYENV_ROOT/versions/*/bin`)."""
+Global___InterpreterSource: _TypeAlias = InterpreterSource  # noqa: Y015
 
 class _BlobKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -343,6 +657,7 @@ class _BlobKind:
 class _BlobKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlobKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BLOB_KIND_UNSPECIFIED: _BlobKind.ValueType  # 0
+    """Refused with INVALID_ARGUMENT `header.kind`."""
     BLOB_KIND_SDIST: _BlobKind.ValueType  # 1
     """An sdist (PEP 625 `.tar.gz`), sent as it is."""
     BLOB_KIND_TREE_ARCHIVE: _BlobKind.ValueType  # 2
@@ -361,6 +676,7 @@ class BlobKind(_BlobKind, metaclass=_BlobKindEnumTypeWrapper):
     """
 
 BLOB_KIND_UNSPECIFIED: BlobKind.ValueType  # 0
+"""Refused with INVALID_ARGUMENT `header.kind`."""
 BLOB_KIND_SDIST: BlobKind.ValueType  # 1
 """An sdist (PEP 625 `.tar.gz`), sent as it is."""
 BLOB_KIND_TREE_ARCHIVE: BlobKind.ValueType  # 2
@@ -372,23 +688,42 @@ Global___BlobKind: _TypeAlias = BlobKind  # noqa: Y015
 
 @_typing.final
 class OpenSessionRequest(_message.Message):
-    """---------------------------------------------------------------- sessions --"""
+    """---------------------------------------------------------------- sessions --
+
+    Asks for a new session.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     client_name: _builtins.str
     """Free-form name of the client, shown in status and logs
     (for example "vscode-python/2025.1" or "buildd-client/0.1.0").
+    At most 256 bytes of UTF-8 (INVALID_ARGUMENT `client_name` when longer);
+    empty is allowed.
+    """
+    session_id: _builtins.str
+    """The id the client proposes for the new session, so that the same id can
+    travel as the `x-buildd-session` routing header already on this call;
+    empty: the daemon draws one. Exactly 32 characters from A-Z, a-z, 0-9,
+    '-' and '_', not beginning with '-' or '_' (the shape of the daemon's own
+    ids); draw it from a cryptographically secure random source, since on a
+    daemon without tokens the id is the only credential of the session.
+    Session ids are scoped per principal: a proposal equal to another
+    principal's session id opens a separate session and reveals nothing;
+    one equal to a live or recently ended session of the same principal
+    gives ALREADY_EXISTS (FAILURE_KIND_SESSION_EXISTS).
     """
     def __init__(
         self,
         *,
         client_name: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -396,11 +731,16 @@ Global___OpenSessionRequest: _TypeAlias = OpenSessionRequest  # noqa: Y015
 
 @_typing.final
 class JoinSessionRequest(_message.Message):
+    """Asks to use an existing session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """The session id returned by OpenSession."""
+    """The session id returned by OpenSession: 16 to 64 characters from
+    A-Z, a-z, 0-9, '_' and '-' (any other value: NOT_FOUND, reason
+    SESSION_NOT_FOUND).
+    """
     def __init__(
         self,
         *,
@@ -416,14 +756,21 @@ Global___JoinSessionRequest: _TypeAlias = JoinSessionRequest  # noqa: Y015
 
 @_typing.final
 class SessionInfo(_message.Message):
+    """A session as OpenSession and JoinSession return it (the name predates the
+    `<Rpc>Response` convention and stays for v1).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
+    DAEMON_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """Opaque, unguessable session id (URL-safe characters only)."""
+    """Opaque, unguessable session id (URL-safe characters only, 32 of them
+    today, never beginning with '-' or '_').
+    """
     ttl_seconds: _builtins.float
     """The idle time in seconds after which the session ends when no KeepAlive
     stream holds it and no request touches it.
@@ -432,6 +779,10 @@ class SessionInfo(_message.Message):
     """When the session was opened (Unix seconds)."""
     principal: _builtins.str
     """The principal the session belongs to (the token's name, or "local")."""
+    daemon_id: _builtins.str
+    """The daemon that holds the session (`DaemonInfo.daemon_id`): behind a
+    proxy, every call of the session must reach this daemon.
+    """
     def __init__(
         self,
         *,
@@ -439,10 +790,11 @@ class SessionInfo(_message.Message):
         ttl_seconds: _builtins.float = ...,
         created_at: _builtins.float = ...,
         principal: _builtins.str = ...,
+        daemon_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "principal", b"principal", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "daemon_id", b"daemon_id", "principal", b"principal", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -450,6 +802,8 @@ Global___SessionInfo: _TypeAlias = SessionInfo  # noqa: Y015
 
 @_typing.final
 class KeepAliveRequest(_message.Message):
+    """Opens a KeepAlive stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
@@ -457,8 +811,10 @@ class KeepAliveRequest(_message.Message):
     session_id: _builtins.str
     """The session to hold open."""
     interval_seconds: _builtins.float
-    """Seconds between heartbeats sent back by the daemon; 0 means the daemon's
-    default (a third of the session TTL, at most 30 seconds).
+    """Seconds between heartbeats sent back by the daemon: 0 means the daemon's
+    default (a third of the session TTL, at most 30 seconds); otherwise at
+    least 0.05 and at most 3600. Anything else (negative, NaN, infinite,
+    outside those bounds) is INVALID_ARGUMENT `interval_seconds`.
     """
     def __init__(
         self,
@@ -476,6 +832,8 @@ Global___KeepAliveRequest: _TypeAlias = KeepAliveRequest  # noqa: Y015
 
 @_typing.final
 class KeepAliveResponse(_message.Message):
+    """One heartbeat of a KeepAlive stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NOW_FIELD_NUMBER: _builtins.int
@@ -496,6 +854,8 @@ Global___KeepAliveResponse: _TypeAlias = KeepAliveResponse  # noqa: Y015
 
 @_typing.final
 class CloseSessionRequest(_message.Message):
+    """Ends a session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
@@ -516,25 +876,33 @@ Global___CloseSessionRequest: _TypeAlias = CloseSessionRequest  # noqa: Y015
 
 @_typing.final
 class CloseSessionResponse(_message.Message):
+    """What closing a session deleted."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVIRONMENTS_DELETED_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_PENDING_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_STORED_FIELD_NUMBER: _builtins.int
     environments_deleted: _builtins.int
     """How many environments were deleted now (idle ones)."""
     environments_pending: _builtins.int
     """How many environments were leased by a running hook call and will be
-    deleted when that call ends.
+    deleted (with --no-store) or returned to the store when that call ends.
+    """
+    environments_stored: _builtins.int
+    """How many environments the session used were checked and stay in its
+    principal's store, for a later session of that principal to adopt.
     """
     def __init__(
         self,
         *,
         environments_deleted: _builtins.int = ...,
         environments_pending: _builtins.int = ...,
+        environments_stored: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments_deleted", b"environments_deleted", "environments_pending", b"environments_pending"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments_deleted", b"environments_deleted", "environments_pending", b"environments_pending", "environments_stored", b"environments_stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -556,14 +924,16 @@ class Source(_message.Message):
     setup.py) or of an sdist (.tar.gz), readable by the daemon. A principal
     that is remote (a caller from a non-loopback address, or any caller of
     a daemon with tokens) may name only paths under the daemon's
-    --allow-path roots: other paths give PERMISSION_DENIED.
+    --allow-path roots: other paths give PERMISSION_DENIED. NOT_FOUND
+    (reason SOURCE_NOT_FOUND) when it does not exist or is no project.
     """
     digest: _builtins.str
     """The digest ("sha256:<hex>") of an archive uploaded with UploadBlob.
     The daemon unpacks it safely into a folder owned by the session and
     builds from there; the same digest in the same session reuses that
-    folder (and so keeps its environment, rule 2). NOT_FOUND when the digest
-    is not (or no longer) in the daemon's cache: upload it again.
+    folder (and so keeps its environment, rule 2). NOT_FOUND (reason
+    BLOB_NOT_FOUND) when the digest is not (or no longer) in the daemon's
+    cache: upload it again.
     """
     def __init__(
         self,
@@ -593,8 +963,13 @@ class ConfigSetting(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The setting's name: not empty, no NUL."""
     @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its values; one value is passed as a string, several as a list. No NUL.
+        The key and all its values together: at most 64 KiB (65536 bytes).
+        """
+
     def __init__(
         self,
         *,
@@ -620,17 +995,24 @@ class BuildContext(_message.Message):
     PYTHON_FIELD_NUMBER: _builtins.int
     CONFIG_SETTINGS_FIELD_NUMBER: _builtins.int
     QUIET_FIELD_NUMBER: _builtins.int
+    NO_CACHE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session that owns the environments this request may use."""
     python: _builtins.str
     """The interpreter to build with: an absolute path of a Python executable,
     or a version such as "3.12" or "3.12.1" that the daemon looks up on its
     PATH and in pyenv's versions folder. Empty: the daemon's own interpreter.
-    The reference client sends its own `sys.executable`.
+    ListInterpreters lists what the daemon finds. The reference client sends
+    its own `sys.executable` for a local source.
     """
     quiet: _builtins.bool
     """When true, backend output lines are not streamed as LogLine events (they
     are still kept, bounded, for the failure report).
+    """
+    no_cache: _builtins.bool
+    """When true, every hook runs even when the daemon holds a valid cached
+    answer (see `MetadataResult.cached`); the fresh answer replaces the cached
+    one. Default false: answers are reused while their inputs are unchanged.
     """
     @_builtins.property
     def source(self) -> Global___Source:
@@ -638,7 +1020,10 @@ class BuildContext(_message.Message):
 
     @_builtins.property
     def config_settings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigSetting]:
-        """PEP 517 config settings, in the order given."""
+        """PEP 517 config settings, in the order given: at most 256 entries, at most
+        64 KiB each and 1 MiB in all (INVALID_ARGUMENT naming the entry, e.g.
+        `context.config_settings[3]`).
+        """
 
     def __init__(
         self,
@@ -648,10 +1033,11 @@ class BuildContext(_message.Message):
         python: _builtins.str = ...,
         config_settings: _abc.Iterable[Global___ConfigSetting] | None = ...,
         quiet: _builtins.bool = ...,
+        no_cache: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_settings", b"config_settings", "python", b"python", "quiet", b"quiet", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_settings", b"config_settings", "no_cache", b"no_cache", "python", b"python", "quiet", b"quiet", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,14 +1045,20 @@ Global___BuildContext: _TypeAlias = BuildContext  # noqa: Y015
 
 @_typing.final
 class GetRequiresRequest(_message.Message):
+    """Asks for a project's build requirements."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     DISTRIBUTION_FIELD_NUMBER: _builtins.int
     distribution: Global___Distribution.ValueType
-    """Which `get_requires_for_build_*` hook to run. Defaults to WHEEL."""
+    """Which `get_requires_for_build_*` hook to run: WHEEL, SDIST or EDITABLE.
+    Required: UNSPECIFIED is INVALID_ARGUMENT `distribution`.
+    """
     @_builtins.property
-    def context(self) -> Global___BuildContext: ...
+    def context(self) -> Global___BuildContext:
+        """Session, source, interpreter and config settings."""
+
     def __init__(
         self,
         *,
@@ -683,14 +1075,20 @@ Global___GetRequiresRequest: _TypeAlias = GetRequiresRequest  # noqa: Y015
 
 @_typing.final
 class PrepareMetadataRequest(_message.Message):
+    """Asks for a project's core metadata."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     DISTRIBUTION_FIELD_NUMBER: _builtins.int
     distribution: Global___Distribution.ValueType
-    """WHEEL (default) or EDITABLE."""
+    """WHEEL or EDITABLE. Required: UNSPECIFIED (and SDIST) is INVALID_ARGUMENT
+    `distribution`.
+    """
     @_builtins.property
-    def context(self) -> Global___BuildContext: ...
+    def context(self) -> Global___BuildContext:
+        """Session, source, interpreter and config settings."""
+
     def __init__(
         self,
         *,
@@ -707,6 +1105,8 @@ Global___PrepareMetadataRequest: _TypeAlias = PrepareMetadataRequest  # noqa: Y0
 
 @_typing.final
 class BuildRequest(_message.Message):
+    """Asks for distributions to be built."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
@@ -728,10 +1128,15 @@ class BuildRequest(_message.Message):
     DownloadArtifact. The same --allow-path rule as for `Source.path` applies.
     """
     @_builtins.property
-    def context(self) -> Global___BuildContext: ...
+    def context(self) -> Global___BuildContext:
+        """Session, source, interpreter and config settings."""
+
     @_builtins.property
     def distributions(self) -> _containers.RepeatedScalarFieldContainer[Global___Distribution.ValueType]:
-        """What to build, in this order. Empty means SDIST then WHEEL."""
+        """What to build, in this order, each kind at most once. An empty list
+        means SDIST then WHEEL; an UNSPECIFIED or unknown element is
+        INVALID_ARGUMENT `distributions[i]`.
+        """
 
     def __init__(
         self,
@@ -748,6 +1153,103 @@ class BuildRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BuildRequest: _TypeAlias = BuildRequest  # noqa: Y015
+
+@_typing.final
+class WatchMetadataRequest(_message.Message):
+    """Opens a WatchMetadata stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    DISTRIBUTION_FIELD_NUMBER: _builtins.int
+    distribution: Global___Distribution.ValueType
+    """WHEEL or EDITABLE. Required: UNSPECIFIED (and SDIST) is INVALID_ARGUMENT
+    `distribution`.
+    """
+    @_builtins.property
+    def context(self) -> Global___BuildContext:
+        """The session, source, interpreter and config settings, as for
+        PrepareMetadata. `quiet` is ignored: a watch sends no log lines. A source
+        must be a project directory (`source.path`): an sdist or an uploaded
+        digest never changes, and gives INVALID_ARGUMENT.
+        """
+
+    def __init__(
+        self,
+        *,
+        context: Global___BuildContext | None = ...,
+        distribution: Global___Distribution.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "distribution", b"distribution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchMetadataRequest: _TypeAlias = WatchMetadataRequest  # noqa: Y015
+
+@_typing.final
+class WatchMetadataEvent(_message.Message):
+    """One message of a WatchMetadata stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHANGED_PATHS_FIELD_NUMBER: _builtins.int
+    LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
+    HOOK_SECONDS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """This event's number in the stream, from 1."""
+    latency_seconds: _builtins.float
+    """Seconds from the daemon seeing the first change of the batch to sending
+    this event: debounce, lease wait and hooks included. 0 for the first event.
+    """
+    hook_seconds: _builtins.float
+    """Seconds spent in hook processes for this event (0 when it came from the
+    cache).
+    """
+    @_builtins.property
+    def metadata(self) -> Global___MetadataResult:
+        """The metadata: first as the watch starts (prepared, or cached), then
+        each time `metadata.metadata` differs from the last one sent, and once
+        more after a failure when preparing works again.
+        """
+
+    @_builtins.property
+    def failure(self) -> Global___Failure:
+        """Preparing failed (for example pyproject.toml is malformed, or the
+        backend raised). The watch goes on; the same failure is not sent twice
+        in a row.
+        """
+
+    @_builtins.property
+    def changed_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Files whose change led to this event, relative to the source directory
+        (or absolute when outside it, e.g. in a repository's .git), sorted, at
+        most 100. Empty for the first event.
+        """
+
+    def __init__(
+        self,
+        *,
+        metadata: Global___MetadataResult | None = ...,
+        failure: Global___Failure | None = ...,
+        sequence: _builtins.int = ...,
+        changed_paths: _abc.Iterable[_builtins.str] | None = ...,
+        latency_seconds: _builtins.float = ...,
+        hook_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_paths", b"changed_paths", "failure", b"failure", "hook_seconds", b"hook_seconds", "kind", b"kind", "latency_seconds", b"latency_seconds", "metadata", b"metadata", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["metadata", "failure"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___WatchMetadataEvent: _TypeAlias = WatchMetadataEvent  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
@@ -807,6 +1309,8 @@ Global___Event: _TypeAlias = Event  # noqa: Y015
 
 @_typing.final
 class Phase(_message.Message):
+    """Progress of a long call."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
@@ -817,13 +1321,21 @@ class Phase(_message.Message):
     HOOK_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SOURCE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    VALIDATION_SECONDS_FIELD_NUMBER: _builtins.int
     kind: Global___PhaseKind.ValueType
+    """Which step this is."""
     elapsed_seconds: _builtins.float
     """Seconds since the daemon received the request, for every phase (the own
     duration of a step that ends is in `step_seconds`).
     """
     detail: _builtins.str
-    """Human-readable detail (backend name, requirement list, artifact path...)."""
+    """Human-readable detail (backend name, requirement list, artifact path...).
+    On HOOK_FINISHED, "ok" or "failed" (deprecated: read `outcome`).
+    """
     key_id: _builtins.str
     """The environment key's id (a short hash), when known."""
     environment_path: _builtins.str
@@ -833,9 +1345,27 @@ class Phase(_message.Message):
     count: _builtins.int
     """A count (number of requirements being installed)."""
     step_seconds: _builtins.float
-    """Duration of the step this phase closes, in seconds (0 when it opens one):
-    set on HOOK_FINISHED and on the closing CREATING_ENVIRONMENT and
-    INSTALLING_REQUIREMENTS phases.
+    """Duration of the step this phase closes, in seconds, when `step` is END;
+    0 otherwise.
+    """
+    step: Global___PhaseStep.ValueType
+    """Whether this phase opens a step, closes it, or stands alone."""
+    outcome: Global___HookOutcome.ValueType
+    """How the hook ended, on HOOK_FINISHED; UNSPECIFIED on every other kind."""
+    source_fingerprint: _builtins.str
+    """On CACHE_HIT: the source fingerprint (64 hex digits) the reused answer
+    was given for. Empty otherwise.
+    """
+    slot: _builtins.int
+    """On ENVIRONMENT_LEASED and ENVIRONMENT_ADOPTED: the environment's slot in
+    its principal's store (the last part of its path); -1 outside a store
+    (--no-store).
+    """
+    validation_seconds: _builtins.float
+    """On ENVIRONMENT_LEASED and ENVIRONMENT_ADOPTED: seconds spent validating
+    the environment (interpreter, marker file, every installed file's size
+    and mtime) before this lease; 0 when it was not validated (just created,
+    or leased again by the same source within a request).
     """
     def __init__(
         self,
@@ -848,10 +1378,15 @@ class Phase(_message.Message):
         hook: _builtins.str = ...,
         count: _builtins.int = ...,
         step_seconds: _builtins.float = ...,
+        step: Global___PhaseStep.ValueType = ...,
+        outcome: Global___HookOutcome.ValueType = ...,
+        source_fingerprint: _builtins.str = ...,
+        slot: _builtins.int = ...,
+        validation_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed_seconds", b"elapsed_seconds", "environment_path", b"environment_path", "hook", b"hook", "key_id", b"key_id", "kind", b"kind", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed_seconds", b"elapsed_seconds", "environment_path", b"environment_path", "hook", b"hook", "key_id", b"key_id", "kind", b"kind", "outcome", b"outcome", "slot", b"slot", "source_fingerprint", b"source_fingerprint", "step", b"step", "step_seconds", b"step_seconds", "validation_seconds", b"validation_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -859,29 +1394,38 @@ Global___Phase: _TypeAlias = Phase  # noqa: Y015
 
 @_typing.final
 class LogLine(_message.Message):
+    """One line of output of a hook or the installer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STREAM_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     HOOK_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     stream: Global___LogStream.ValueType
+    """Standard output or standard error."""
     text: _builtins.str
     """The line without its trailing newline, decoded as UTF-8 with
     replacement. A line of 8 KiB (8192 bytes) or more is cut: its first
     8192 bytes followed by " [line cut at 8 KiB]"; the rest is dropped.
     """
     hook: _builtins.str
-    """The hook (or "install") that produced the line."""
+    """The hook that produced the line, or "install" for the installer and the
+    bytecode compiler (`source` tells those apart).
+    """
+    source: Global___LogSource.ValueType
+    """Which process wrote the line."""
     def __init__(
         self,
         *,
         stream: Global___LogStream.ValueType = ...,
         text: _builtins.str = ...,
         hook: _builtins.str = ...,
+        source: Global___LogSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hook", b"hook", "stream", b"stream", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hook", b"hook", "source", b"source", "stream", b"stream", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -934,17 +1478,25 @@ Global___Warning: _TypeAlias = Warning  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):
+    """The final event of a long call on success."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUIRES_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     BUILD_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def requires(self) -> Global___RequiresResult: ...
+    def requires(self) -> Global___RequiresResult:
+        """Of GetRequires."""
+
     @_builtins.property
-    def metadata(self) -> Global___MetadataResult: ...
+    def metadata(self) -> Global___MetadataResult:
+        """Of PrepareMetadata."""
+
     @_builtins.property
-    def build(self) -> Global___BuildResult: ...
+    def build(self) -> Global___BuildResult:
+        """Of Build."""
+
     def __init__(
         self,
         *,
@@ -964,16 +1516,25 @@ Global___Result: _TypeAlias = Result  # noqa: Y015
 
 @_typing.final
 class RequiresResult(_message.Message):
+    """A project's build requirements."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATIC_REQUIREMENTS_FIELD_NUMBER: _builtins.int
     DYNAMIC_REQUIREMENTS_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """The environment key's id after installing the dynamic requirements."""
     backend: _builtins.str
     """The build backend, e.g. "setuptools.build_meta:__legacy__"."""
+    cached: _builtins.bool
+    """True when `get_requires_for_build_*` did not run: its answer was reused
+    from an earlier call of this session for the same source, environment
+    instance, config settings and source fingerprint (a CACHE_HIT phase was
+    sent). The answer is the same as a fresh call would give.
+    """
     @_builtins.property
     def static_requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """`[build-system].requires` as written in pyproject.toml (or PEP 517's
@@ -991,10 +1552,11 @@ class RequiresResult(_message.Message):
         dynamic_requirements: _abc.Iterable[_builtins.str] | None = ...,
         key_id: _builtins.str = ...,
         backend: _builtins.str = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "dynamic_requirements", b"dynamic_requirements", "key_id", b"key_id", "static_requirements", b"static_requirements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cached", b"cached", "dynamic_requirements", b"dynamic_requirements", "key_id", b"key_id", "static_requirements", b"static_requirements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1002,12 +1564,16 @@ Global___RequiresResult: _TypeAlias = RequiresResult  # noqa: Y015
 
 @_typing.final
 class MetadataResult(_message.Message):
+    """A project's prepared core metadata."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     METADATA_FIELD_NUMBER: _builtins.int
     DIST_INFO_NAME_FIELD_NUMBER: _builtins.int
     DIST_INFO_PATH_FIELD_NUMBER: _builtins.int
     FROM_WHEEL_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    SOURCE_FINGERPRINT_FIELD_NUMBER: _builtins.int
     metadata: _builtins.bytes
     """The core metadata file (`METADATA`) exactly as the backend wrote it."""
     dist_info_name: _builtins.str
@@ -1018,6 +1584,19 @@ class MetadataResult(_message.Message):
     """True when the backend lacked `prepare_metadata_for_build_*` and a wheel
     was built to get the metadata.
     """
+    cached: _builtins.bool
+    """True when no hook ran: the metadata was prepared earlier in this session
+    for the same source, environment instance, config settings and source
+    fingerprint, and `metadata` is byte for byte what the backend wrote then.
+    """
+    source_fingerprint: _builtins.str
+    """The source fingerprint this metadata belongs to: 64 hex digits of a
+    SHA-256 over the tree's file contents, its VCS state, the daemon's
+    environment variables and the date (docs/protocol.md, "Cached answers").
+    Equal fingerprints mean equal inputs. Empty when the tree was too large
+    to fingerprint (then nothing is cached); starts with "weak:" when only
+    the build declaration was fingerprinted.
+    """
     def __init__(
         self,
         *,
@@ -1025,10 +1604,12 @@ class MetadataResult(_message.Message):
         dist_info_name: _builtins.str = ...,
         dist_info_path: _builtins.str = ...,
         from_wheel: _builtins.bool = ...,
+        cached: _builtins.bool = ...,
+        source_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dist_info_name", b"dist_info_name", "dist_info_path", b"dist_info_path", "from_wheel", b"from_wheel", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "dist_info_name", b"dist_info_name", "dist_info_path", b"dist_info_path", "from_wheel", b"from_wheel", "metadata", b"metadata", "source_fingerprint", b"source_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1036,6 +1617,8 @@ Global___MetadataResult: _TypeAlias = MetadataResult  # noqa: Y015
 
 @_typing.final
 class Artifact(_message.Message):
+    """One built file."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DISTRIBUTION_FIELD_NUMBER: _builtins.int
@@ -1043,14 +1626,42 @@ class Artifact(_message.Message):
     FILENAME_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     distribution: Global___Distribution.ValueType
+    """Which kind it is."""
     path: _builtins.str
     """Absolute path of the artifact on the daemon's file system."""
     filename: _builtins.str
     """Its file name (the last part of `path`)."""
-    size: _builtins.int
-    sha256: _builtins.str
-    """Hex SHA-256 of its content."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def size(self) -> _builtins.int:
+        """Deprecated: the same as `size_bytes` (still filled)."""
+
+    @size.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def size(self, value: _builtins.int) -> None:
+        """Deprecated: the same as `size_bytes` (still filled)."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def sha256(self) -> _builtins.str:
+        """Deprecated: the bare hex SHA-256, the same as `digest` without its
+        "sha256:" prefix (still filled).
+        """
+
+    @sha256.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def sha256(self, value: _builtins.str) -> None:
+        """Deprecated: the bare hex SHA-256, the same as `digest` without its
+        "sha256:" prefix (still filled).
+        """
+
+    digest: _builtins.str
+    """Its content's digest, "sha256:<64 lowercase hex digits>"."""
+    size_bytes: _builtins.int
+    """Its size in bytes."""
     def __init__(
         self,
         *,
@@ -1059,10 +1670,12 @@ class Artifact(_message.Message):
         filename: _builtins.str = ...,
         size: _builtins.int = ...,
         sha256: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distribution", b"distribution", "filename", b"filename", "path", b"path", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "distribution", b"distribution", "filename", b"filename", "path", b"path", "sha256", b"sha256", "size", b"size", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1070,6 +1683,8 @@ Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
 
 @_typing.final
 class BuildResult(_message.Message):
+    """The artifacts of a Build."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ARTIFACTS_FIELD_NUMBER: _builtins.int
@@ -1092,7 +1707,31 @@ Global___BuildResult: _TypeAlias = BuildResult  # noqa: Y015
 
 @_typing.final
 class Failure(_message.Message):
+    """Why a request failed: the final event of a failed long call, and the
+    `google.rpc.Status` detail of every failed call.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     KIND_FIELD_NUMBER: _builtins.int
     STATUS_CODE_FIELD_NUMBER: _builtins.int
@@ -1100,18 +1739,40 @@ class Failure(_message.Message):
     HOOK_FIELD_NUMBER: _builtins.int
     LAST_LINES_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
     kind: Global___FailureKind.ValueType
+    """What kind of failure; decides the status code."""
     status_code: _builtins.int
     """The gRPC status code number the RPC ends with (google.rpc.Code)."""
     message: _builtins.str
-    """One-paragraph explanation naming the file, field or value at fault."""
+    """One-paragraph explanation naming the file, field or value at fault
+    (at most 4096 characters; a client value is shown cut to a short prefix).
+    """
     hook: _builtins.str
     """The hook that was running, if any."""
     path: _builtins.str
     """The file at fault, when there is one (e.g. ".../pyproject.toml")."""
+    field: _builtins.str
+    """The request field at fault, as a path from the request root (e.g.
+    "context.source.path", "distributions[1]"); empty when no one field is.
+    """
+    retry_delay_seconds: _builtins.float
+    """When retrying the same call later may succeed (UNAVAILABLE while
+    draining, a wait that ran out of deadline), how long to wait first, in
+    seconds; 0 when a retry alone will not help.
+    """
     @_builtins.property
     def last_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The last lines the backend or installer wrote (at most 50), oldest first."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The same key-value pairs as the error's `ErrorInfo.metadata`: "field",
+        "path", "hook", "session_id", "end_reason" ("closed", "expired",
+        "shutdown"), "digest", when they apply.
+        """
 
     def __init__(
         self,
@@ -1122,10 +1783,13 @@ class Failure(_message.Message):
         hook: _builtins.str = ...,
         last_lines: _abc.Iterable[_builtins.str] | None = ...,
         path: _builtins.str = ...,
+        field: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        retry_delay_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hook", b"hook", "kind", b"kind", "last_lines", b"last_lines", "message", b"message", "path", b"path", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "hook", b"hook", "kind", b"kind", "last_lines", b"last_lines", "message", b"message", "metadata", b"metadata", "path", b"path", "retry_delay_seconds", b"retry_delay_seconds", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1133,7 +1797,10 @@ Global___Failure: _TypeAlias = Failure  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
-    """------------------------------------------------------------------ status --"""
+    """------------------------------------------------------------------ status --
+
+    Asks for the daemon's state.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1157,11 +1824,15 @@ Global___GetStatusRequest: _TypeAlias = GetStatusRequest  # noqa: Y015
 
 @_typing.final
 class ShutdownRequest(_message.Message):
+    """Asks the daemon to stop."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     grace_seconds: _builtins.float
-    """Seconds running calls may take to finish; 0 means the daemon's --grace."""
+    """Seconds running calls may take to finish; 0 means the daemon's --grace.
+    Negative: INVALID_ARGUMENT `grace_seconds`.
+    """
     def __init__(
         self,
         *,
@@ -1177,6 +1848,8 @@ Global___ShutdownRequest: _TypeAlias = ShutdownRequest  # noqa: Y015
 
 @_typing.final
 class ShutdownResponse(_message.Message):
+    """The drain has begun."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTIVE_CALLS_FIELD_NUMBER: _builtins.int
@@ -1197,6 +1870,8 @@ Global___ShutdownResponse: _TypeAlias = ShutdownResponse  # noqa: Y015
 
 @_typing.final
 class DaemonInfo(_message.Message):
+    """The daemon process."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PID_FIELD_NUMBER: _builtins.int
@@ -1208,11 +1883,24 @@ class DaemonInfo(_message.Message):
     MAX_ENVS_FIELD_NUMBER: _builtins.int
     MAX_ENVS_PER_KEY_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    DAEMON_ID_FIELD_NUMBER: _builtins.int
+    STORE_ENABLED_FIELD_NUMBER: _builtins.int
+    STORE_SIZE_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    STORE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    STORE_BYTES_FIELD_NUMBER: _builtins.int
+    STORE_ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    MAX_WATCHES_PER_SESSION_FIELD_NUMBER: _builtins.int
+    MAX_WATCHES_PER_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    WATCHED_TREES_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
+    """Its process id."""
     version: _builtins.str
     """buildd's version."""
     address: _builtins.str
-    """The address the daemon listens on (e.g. "unix:///run/user/1000/buildd/buildd.sock")."""
+    """The address the daemon listens on, as a gRPC target: e.g.
+    "unix:///run/user/1000/buildd/buildd.sock", or "127.0.0.1:40123" with
+    the port actually bound (also for a daemon started on port 0).
+    """
     state_dir: _builtins.str
     """Its state directory."""
     started_at: _builtins.float
@@ -1220,10 +1908,46 @@ class DaemonInfo(_message.Message):
     installer: _builtins.str
     """The installer in use: "uv" or "pip"."""
     max_envs: _builtins.int
-    """Caps in force."""
+    """Cap on environments in all (--max-envs)."""
     max_envs_per_key: _builtins.int
+    """Cap on environments per session and key (--max-envs-per-key)."""
     draining: _builtins.bool
     """True once a drain (SIGTERM) has begun."""
+    daemon_id: _builtins.str
+    """The daemon's name among several behind one address (buildd-server
+    --daemon-id; default: the host name, which is the pod name in a
+    Kubernetes StatefulSet).
+    """
+    store_enabled: _builtins.bool
+    """Whether environments outlive sessions in per-principal stores (false
+    with --no-store).
+    """
+    store_size_limit_bytes: _builtins.int
+    """--store-size: the bytes the stores may take on disk, all principals
+    together; least recently used idle environments are evicted past it.
+    """
+    store_ttl_seconds: _builtins.float
+    """--store-ttl: seconds an idle stored environment is kept unused."""
+    store_bytes: _builtins.int
+    """Bytes on disk of the caller's store (an admin: of every store), as
+    counted against store_size_limit_bytes: each environment in full, hard
+    links included, plus the files of the installer cache no environment
+    links (docs/architecture.md, "Sizes on disk").
+    """
+    store_environments: _builtins.int
+    """Environments in the caller's store (an admin: in every store)."""
+    max_watches_per_session: _builtins.int
+    """Cap on open WatchMetadata streams per session
+    (--max-watches-per-session).
+    """
+    max_watches_per_principal: _builtins.int
+    """Cap on open WatchMetadata streams per principal
+    (--max-watches-per-principal).
+    """
+    watched_trees: _builtins.int
+    """Source trees the daemon watches now (each watched once, however many
+    streams watch it).
+    """
     def __init__(
         self,
         *,
@@ -1236,10 +1960,19 @@ class DaemonInfo(_message.Message):
         max_envs: _builtins.int = ...,
         max_envs_per_key: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        daemon_id: _builtins.str = ...,
+        store_enabled: _builtins.bool = ...,
+        store_size_limit_bytes: _builtins.int = ...,
+        store_ttl_seconds: _builtins.float = ...,
+        store_bytes: _builtins.int = ...,
+        store_environments: _builtins.int = ...,
+        max_watches_per_session: _builtins.int = ...,
+        max_watches_per_principal: _builtins.int = ...,
+        watched_trees: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "daemon_id", b"daemon_id", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "max_watches_per_principal", b"max_watches_per_principal", "max_watches_per_session", b"max_watches_per_session", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "store_bytes", b"store_bytes", "store_enabled", b"store_enabled", "store_environments", b"store_environments", "store_size_limit_bytes", b"store_size_limit_bytes", "store_ttl_seconds", b"store_ttl_seconds", "version", b"version", "watched_trees", b"watched_trees"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1247,6 +1980,8 @@ Global___DaemonInfo: _TypeAlias = DaemonInfo  # noqa: Y015
 
 @_typing.final
 class EnvironmentInfo(_message.Message):
+    """One environment instance."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -1260,10 +1995,14 @@ class EnvironmentInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    STORE_KEY_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Short unique id of this instance."""
+    """Short unique id of this instance (empty while CREATING)."""
     path: _builtins.str
-    """Its directory (the virtualenv's root)."""
+    """Its directory (the virtualenv's root; empty while CREATING)."""
     key_id: _builtins.str
     """The key id it currently carries."""
     interpreter: _builtins.str
@@ -1271,17 +2010,36 @@ class EnvironmentInfo(_message.Message):
     python_version: _builtins.str
     """The interpreter's version, e.g. "3.12.1"."""
     state: Global___EnvironmentState.ValueType
+    """Idle, leased or being created."""
     hook_calls: _builtins.int
     """Hook calls run in this instance so far."""
     created_at: _builtins.float
+    """When it was created (Unix seconds; 0 while CREATING)."""
     last_used_at: _builtins.float
+    """When a request last used it (Unix seconds; 0 while CREATING)."""
+    slot: _builtins.int
+    """Its slot in its principal's store: the path ends in
+    `<store_key_id>/<slot>`; -1 outside a store (--no-store).
+    """
+    size_bytes: _builtins.int
+    """Bytes it takes on disk, bytecode included, each file hard-linked from
+    the installer's cache counted in full; measured after each change.
+    """
+    principal: _builtins.str
+    """The principal whose store holds it (whose sessions may lease it)."""
+    store_key_id: _builtins.str
+    """The key it was created for, the folder it lives in; `key_id` differs
+    once dynamic requirements were installed into it. Empty outside a store.
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Installed build requirements, normalised and sorted."""
+        """Installed build requirements, normalised and sorted (while CREATING:
+        those being installed).
+        """
 
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Sources that have affinity to this instance."""
+        """Sources that have affinity to this instance (in this session)."""
 
     def __init__(
         self,
@@ -1297,10 +2055,14 @@ class EnvironmentInfo(_message.Message):
         created_at: _builtins.float = ...,
         last_used_at: _builtins.float = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
+        slot: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        principal: _builtins.str = ...,
+        store_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "hook_calls", b"hook_calls", "id", b"id", "interpreter", b"interpreter", "key_id", b"key_id", "last_used_at", b"last_used_at", "path", b"path", "python_version", b"python_version", "requirements", b"requirements", "sources", b"sources", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "hook_calls", b"hook_calls", "id", b"id", "interpreter", b"interpreter", "key_id", b"key_id", "last_used_at", b"last_used_at", "path", b"path", "principal", b"principal", "python_version", b"python_version", "requirements", b"requirements", "size_bytes", b"size_bytes", "slot", b"slot", "sources", b"sources", "state", b"state", "store_key_id", b"store_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1308,6 +2070,8 @@ Global___EnvironmentInfo: _TypeAlias = EnvironmentInfo  # noqa: Y015
 
 @_typing.final
 class SessionStatus(_message.Message):
+    """One session as GetStatus reports it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
@@ -1317,16 +2081,27 @@ class SessionStatus(_message.Message):
     KEEPALIVES_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
+    WATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id."""
     client_name: _builtins.str
+    """What the client sent as `OpenSessionRequest.client_name`."""
     created_at: _builtins.float
+    """When it was opened (Unix seconds)."""
     last_active_at: _builtins.float
+    """Its last activity (Unix seconds); it expires `ttl_seconds` after this
+    unless something holds it.
+    """
     keepalives: _builtins.int
     """Open KeepAlive streams holding the session."""
     principal: _builtins.str
     """The principal the session belongs to."""
+    watches: _builtins.int
+    """Open WatchMetadata streams of the session."""
     @_builtins.property
-    def environments(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvironmentInfo]: ...
+    def environments(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvironmentInfo]:
+        """Its environments, including those being created."""
+
     def __init__(
         self,
         *,
@@ -1337,10 +2112,11 @@ class SessionStatus(_message.Message):
         keepalives: _builtins.int = ...,
         environments: _abc.Iterable[Global___EnvironmentInfo] | None = ...,
         principal: _builtins.str = ...,
+        watches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "created_at", b"created_at", "environments", b"environments", "keepalives", b"keepalives", "last_active_at", b"last_active_at", "principal", b"principal", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name", "created_at", b"created_at", "environments", b"environments", "keepalives", b"keepalives", "last_active_at", b"last_active_at", "principal", b"principal", "session_id", b"session_id", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1348,22 +2124,36 @@ Global___SessionStatus: _TypeAlias = SessionStatus  # noqa: Y015
 
 @_typing.final
 class StatusResponse(_message.Message):
+    """The daemon's state (the name predates the `<Rpc>Response` convention and
+    stays for v1).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DAEMON_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     ADMIN_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     """The caller's principal as the daemon sees it."""
     admin: _builtins.bool
     """True when the caller is an admin (may call Shutdown, sees all sessions)."""
     @_builtins.property
-    def daemon(self) -> Global___DaemonInfo: ...
+    def daemon(self) -> Global___DaemonInfo:
+        """The daemon process."""
+
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionStatus]:
         """The caller's own sessions; an admin sees every principal's sessions.
         Other principals' sessions are left out, not even counted.
+        """
+
+    @_builtins.property
+    def store(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreKeyStatus]:
+        """The caller's store (an admin sees every principal's), one entry per
+        principal and key folder, ordered by principal then key id. Empty with
+        --no-store.
         """
 
     def __init__(
@@ -1373,25 +2163,224 @@ class StatusResponse(_message.Message):
         sessions: _abc.Iterable[Global___SessionStatus] | None = ...,
         principal: _builtins.str = ...,
         admin: _builtins.bool = ...,
+        store: _abc.Iterable[Global___StoreKeyStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["daemon", b"daemon"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "daemon", b"daemon", "principal", b"principal", "sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "daemon", b"daemon", "principal", b"principal", "sessions", b"sessions", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
 
 @_typing.final
+class StoreKeyStatus(_message.Message):
+    """The environments of one principal's store created for one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    HOOK_CALLS_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    """The principal the store belongs to."""
+    key_id: _builtins.str
+    """The key the environments were created for (their folder's name)."""
+    size_bytes: _builtins.int
+    """Bytes on disk of these environments together (see EnvironmentInfo)."""
+    last_used_at: _builtins.float
+    """When one of them was last released (Unix seconds)."""
+    hook_calls: _builtins.int
+    """Hook calls run in them, over their whole lives (across sessions)."""
+    @_builtins.property
+    def environments(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvironmentInfo]:
+        """One per slot, by slot number, with their state (IDLE, LEASED, CHECKING)."""
+
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        environments: _abc.Iterable[Global___EnvironmentInfo] | None = ...,
+        size_bytes: _builtins.int = ...,
+        last_used_at: _builtins.float = ...,
+        hook_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "hook_calls", b"hook_calls", "key_id", b"key_id", "last_used_at", b"last_used_at", "principal", b"principal", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreKeyStatus: _TypeAlias = StoreKeyStatus  # noqa: Y015
+
+@_typing.final
+class PruneStoreRequest(_message.Message):
+    """Which idle environments PruneStore deletes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLDER_THAN_SECONDS_FIELD_NUMBER: _builtins.int
+    ALL_PRINCIPALS_FIELD_NUMBER: _builtins.int
+    older_than_seconds: _builtins.float
+    """Only environments unused for at least this many seconds; 0: every idle one."""
+    all_principals: _builtins.bool
+    """Every principal's store, not only the caller's: admins only."""
+    def __init__(
+        self,
+        *,
+        older_than_seconds: _builtins.float = ...,
+        all_principals: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_principals", b"all_principals", "older_than_seconds", b"older_than_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneStoreRequest: _TypeAlias = PruneStoreRequest  # noqa: Y015
+
+@_typing.final
+class PruneStoreResponse(_message.Message):
+    """What PruneStore deleted and what it left."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENTS_REMOVED_FIELD_NUMBER: _builtins.int
+    BYTES_FREED_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_KEPT_FIELD_NUMBER: _builtins.int
+    environments_removed: _builtins.int
+    """Idle environments deleted."""
+    bytes_freed: _builtins.int
+    """Bytes they took (as counted in EnvironmentInfo.size_bytes)."""
+    environments_kept: _builtins.int
+    """Environments left in the store(s) pruned: leased, checked, or too recent."""
+    def __init__(
+        self,
+        *,
+        environments_removed: _builtins.int = ...,
+        bytes_freed: _builtins.int = ...,
+        environments_kept: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_freed", b"bytes_freed", "environments_kept", b"environments_kept", "environments_removed", b"environments_removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneStoreResponse: _TypeAlias = PruneStoreResponse  # noqa: Y015
+
+@_typing.final
+class ListInterpretersRequest(_message.Message):
+    """------------------------------------------------------------ interpreters --
+
+    Asks which interpreters the daemon can build with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInterpretersRequest: _TypeAlias = ListInterpretersRequest  # noqa: Y015
+
+@_typing.final
+class InterpreterInfo(_message.Message):
+    """One interpreter the daemon can build with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    EXECUTABLE_FIELD_NUMBER: _builtins.int
+    IMPLEMENTATION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """What to send as `BuildContext.python` to use it: the absolute path where
+    it was found.
+    """
+    executable: _builtins.str
+    """The resolved base interpreter behind `path` (what environment keys name;
+    two paths with the same executable are one interpreter).
+    """
+    implementation: _builtins.str
+    """`sys.implementation.name`, e.g. "cpython" or "pypy"."""
+    version: _builtins.str
+    """The full version, e.g. "3.12.1"."""
+    platform: _builtins.str
+    """`sysconfig.get_platform()`, e.g. "linux-x86_64"."""
+    source: Global___InterpreterSource.ValueType
+    """How the daemon found it."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        executable: _builtins.str = ...,
+        implementation: _builtins.str = ...,
+        version: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        source: Global___InterpreterSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executable", b"executable", "implementation", b"implementation", "path", b"path", "platform", b"platform", "source", b"source", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InterpreterInfo: _TypeAlias = InterpreterInfo  # noqa: Y015
+
+@_typing.final
+class ListInterpretersResponse(_message.Message):
+    """The interpreters the daemon can build with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERPRETERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def interpreters(self) -> _containers.RepeatedCompositeFieldContainer[Global___InterpreterInfo]:
+        """Every usable interpreter (at least Python 3.8, answering the daemon's
+        probe), once per resolved executable, in the order found: the daemon's
+        own first, then PATH in its order, then pyenv's versions newest first.
+        """
+
+    def __init__(
+        self,
+        *,
+        interpreters: _abc.Iterable[Global___InterpreterInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interpreters", b"interpreters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInterpretersResponse: _TypeAlias = ListInterpretersResponse  # noqa: Y015
+
+@_typing.final
 class FindMissingBlobsRequest(_message.Message):
-    """------------------------------------------------------- uploads, downloads --"""
+    """------------------------------------------------------- uploads, downloads --
+
+    Asks which digests the daemon lacks.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DIGESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Digests ("sha256:<hex>") the client is about to use; at most 1000."""
+        """Digests ("sha256:<hex>") the client is about to use; at most 1000
+        (INVALID_ARGUMENT `digests` beyond, `digests[i]` for a malformed one).
+        """
 
     def __init__(
         self,
@@ -1408,6 +2397,8 @@ Global___FindMissingBlobsRequest: _TypeAlias = FindMissingBlobsRequest  # noqa: 
 
 @_typing.final
 class FindMissingBlobsResponse(_message.Message):
+    """The digests the daemon lacks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MISSING_FIELD_NUMBER: _builtins.int
@@ -1440,7 +2431,9 @@ class UploadBlobHeader(_message.Message):
     digest: _builtins.str
     """The SHA-256 of the whole archive, "sha256:<hex>"."""
     size_bytes: _builtins.int
-    """Its exact size in bytes."""
+    """Its exact size in bytes; at most the daemon's --blob-cache-size
+    (RESOURCE_EXHAUSTED beyond).
+    """
     kind: Global___BlobKind.ValueType
     """What it holds."""
     def __init__(
@@ -1460,13 +2453,15 @@ Global___UploadBlobHeader: _TypeAlias = UploadBlobHeader  # noqa: Y015
 
 @_typing.final
 class UploadBlobRequest(_message.Message):
+    """One message of an upload."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
     """The archive's next bytes; 64 KiB to 1 MiB each (the last may be
-    smaller).
+    smaller; a chunk over 1 MiB is INVALID_ARGUMENT).
     """
     @_builtins.property
     def header(self) -> Global___UploadBlobHeader:
@@ -1490,6 +2485,8 @@ Global___UploadBlobRequest: _TypeAlias = UploadBlobRequest  # noqa: Y015
 
 @_typing.final
 class UploadBlobResponse(_message.Message):
+    """The upload is stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DIGEST_FIELD_NUMBER: _builtins.int
@@ -1514,6 +2511,8 @@ Global___UploadBlobResponse: _TypeAlias = UploadBlobResponse  # noqa: Y015
 
 @_typing.final
 class DownloadArtifactRequest(_message.Message):
+    """Asks for an artifact's bytes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
@@ -1545,24 +2544,52 @@ class ArtifactHeader(_message.Message):
     FILENAME_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     filename: _builtins.str
     """The artifact's file name."""
-    size: _builtins.int
-    """Its size in bytes."""
-    sha256: _builtins.str
-    """Hex SHA-256 of its content, as recorded when it was built; the client
-    checks the bytes it received against it.
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def size(self) -> _builtins.int:
+        """Deprecated: the same as `size_bytes` (still filled)."""
+
+    @size.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def size(self, value: _builtins.int) -> None:
+        """Deprecated: the same as `size_bytes` (still filled)."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def sha256(self) -> _builtins.str:
+        """Deprecated: the bare hex SHA-256, `digest` without "sha256:" (still
+        filled).
+        """
+
+    @sha256.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def sha256(self, value: _builtins.str) -> None:
+        """Deprecated: the bare hex SHA-256, `digest` without "sha256:" (still
+        filled).
+        """
+
+    digest: _builtins.str
+    """The digest of its content as recorded when it was built,
+    "sha256:<hex>"; the client checks the bytes it received against it.
     """
+    size_bytes: _builtins.int
+    """Its size in bytes."""
     def __init__(
         self,
         *,
         filename: _builtins.str = ...,
         size: _builtins.int = ...,
         sha256: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "filename", b"filename", "sha256", b"sha256", "size", b"size", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1570,12 +2597,14 @@ Global___ArtifactHeader: _TypeAlias = ArtifactHeader  # noqa: Y015
 
 @_typing.final
 class DownloadArtifactResponse(_message.Message):
+    """One message of a download."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
-    """The file's next bytes, up to 1 MiB each."""
+    """The file's next bytes, at most 1 MiB each (256 KiB today)."""
     @_builtins.property
     def header(self) -> Global___ArtifactHeader:
         """First message, exactly once."""

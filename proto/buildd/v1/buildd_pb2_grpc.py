@@ -70,10 +70,20 @@ class BuilddStub:
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.BuildRequest.SerializeToString,
                 response_deserializer=buildd_dot_v1_dot_buildd__pb2.Event.FromString,
                 _registered_method=True)
+        self.WatchMetadata = channel.unary_stream(
+                '/buildd.v1.Buildd/WatchMetadata',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.WatchMetadataRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.WatchMetadataEvent.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/buildd.v1.Buildd/GetStatus',
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=buildd_dot_v1_dot_buildd__pb2.StatusResponse.FromString,
+                _registered_method=True)
+        self.PruneStore = channel.unary_unary(
+                '/buildd.v1.Buildd/PruneStore',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.PruneStoreRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.PruneStoreResponse.FromString,
                 _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/buildd.v1.Buildd/Shutdown',
@@ -95,6 +105,11 @@ class BuilddStub:
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=buildd_dot_v1_dot_buildd__pb2.DownloadArtifactResponse.FromString,
                 _registered_method=True)
+        self.ListInterpreters = channel.unary_unary(
+                '/buildd.v1.Buildd/ListInterpreters',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.ListInterpretersRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.ListInterpretersResponse.FromString,
+                _registered_method=True)
 
 
 class BuilddServicer:
@@ -103,7 +118,12 @@ class BuilddServicer:
 
     def OpenSession(self, request, context):
         """Open a new session. The returned id is unguessable and is the only
-        credential needed to use the session on a local daemon.
+        credential needed to use the session on a local daemon. With a proposed
+        `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+        malformed, ALREADY_EXISTS when the caller's principal already has or had a
+        session with that id). UNAVAILABLE while the daemon drains.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,8 +131,11 @@ class BuilddServicer:
 
     def JoinSession(self, request, context):
         """Join an existing session by id (for example from a second process of the
-        same IDE). Fails with NOT_FOUND when the session is unknown or has ended.
-        Joining counts as activity and restarts the session's idle clock.
+        same IDE). NOT_FOUND when the session is unknown (reason SESSION_NOT_FOUND)
+        or has ended (reason SESSION_ENDED). Joining counts as activity and
+        restarts the session's idle clock.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,9 +152,12 @@ class BuilddServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """End a session now. Its environments and prepared metadata are deleted from
-        disk; environments leased by a running hook call are deleted as soon as
-        that call finishes. Closing an unknown or ended session gives NOT_FOUND.
+        """End a session now. Its prepared metadata, unpacked sources and staging
+        folders are deleted. The environments it used stay in its principal's
+        store when they pass a check (they are deleted when they fail it, and
+        always on a daemon started with --no-store); an environment leased by a
+        running hook call goes the same way as soon as that call finishes.
+        Closing an unknown or ended session gives NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +166,8 @@ class BuilddServicer:
     def GetRequires(self, request, context):
         """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
         and dynamic build requirements. Final event: `result.requires`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +178,8 @@ class BuilddServicer:
         lacks it, build a wheel and take its .dist-info, as PEP 517 says). The
         prepared metadata is kept in the session so that a later Build of the same
         source passes it as `metadata_directory`. Final event: `result.metadata`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,13 +187,47 @@ class BuilddServicer:
 
     def Build(self, request, context):
         """Build one or more distributions. Final event: `result.build`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchMetadata(self, request, context):
+        """Watch a source's core metadata: the daemon prepares it once, sends it,
+        then watches the tree and prepares it again after each change (in the
+        session's environment for the source, under the usual exclusive lease,
+        through the metadata cache), sending an event only when `METADATA`
+        actually changed, or when preparing failed (the watch then goes on, and
+        sends the metadata again once preparing succeeds). An open watch holds
+        its session like a KeepAlive stream. The stream ends when the client
+        cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+        the daemon drains. Watches per session and per principal are capped
+        (the daemon's --max-watches-per-session and --max-watches-per-principal):
+        beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+        (session, source path, settings) end the stream at once with their
+        status, before any event. See docs/protocol.md ("Watching metadata").
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """The daemon, its sessions and their environments.
+        """The daemon, its sessions and their environments, and the caller's store.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneStore(self, request, context):
+        """Delete idle environments of the caller's store (an admin may name every
+        principal's). Leased environments are never touched. The installer's
+        cache is kept. FAILED_PRECONDITION on a daemon started with --no-store;
+        PERMISSION_DENIED when a principal that is not an admin asks for every
+        principal's store.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,7 +271,16 @@ class BuilddServicer:
         """Stream back an artifact that a Build of this session wrote: one `header`,
         then the file's bytes as `chunk` messages. Only artifacts built in the
         session, which must belong to the caller, can be downloaded; any other
-        path gives NOT_FOUND.
+        path gives NOT_FOUND (reason ARTIFACT_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInterpreters(self, request, context):
+        """The Python interpreters this daemon can build with, and how it found
+        each: what a client that is not written in Python (and so has no
+        `sys.executable` of its own) offers its user for `BuildContext.python`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,10 +324,20 @@ def add_BuilddServicer_to_server(servicer, server):
                     request_deserializer=buildd_dot_v1_dot_buildd__pb2.BuildRequest.FromString,
                     response_serializer=buildd_dot_v1_dot_buildd__pb2.Event.SerializeToString,
             ),
+            'WatchMetadata': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMetadata,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.WatchMetadataRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.WatchMetadataEvent.SerializeToString,
+            ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
                     request_deserializer=buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.FromString,
                     response_serializer=buildd_dot_v1_dot_buildd__pb2.StatusResponse.SerializeToString,
+            ),
+            'PruneStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneStore,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.PruneStoreRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.PruneStoreResponse.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -275,6 +358,11 @@ def add_BuilddServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=buildd_dot_v1_dot_buildd__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=buildd_dot_v1_dot_buildd__pb2.DownloadArtifactResponse.SerializeToString,
+            ),
+            'ListInterpreters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInterpreters,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.ListInterpretersRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.ListInterpretersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +566,33 @@ class Buildd:
             _registered_method=True)
 
     @staticmethod
+    def WatchMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/buildd.v1.Buildd/WatchMetadata',
+            buildd_dot_v1_dot_buildd__pb2.WatchMetadataRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.WatchMetadataEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetStatus(request,
             target,
             options=(),
@@ -494,6 +609,33 @@ class Buildd:
             '/buildd.v1.Buildd/GetStatus',
             buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.SerializeToString,
             buildd_dot_v1_dot_buildd__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/buildd.v1.Buildd/PruneStore',
+            buildd_dot_v1_dot_buildd__pb2.PruneStoreRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.PruneStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -602,6 +744,33 @@ class Buildd:
             '/buildd.v1.Buildd/DownloadArtifact',
             buildd_dot_v1_dot_buildd__pb2.DownloadArtifactRequest.SerializeToString,
             buildd_dot_v1_dot_buildd__pb2.DownloadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInterpreters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/buildd.v1.Buildd/ListInterpreters',
+            buildd_dot_v1_dot_buildd__pb2.ListInterpretersRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.ListInterpretersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,20 +5,39 @@ buildd wire contract, version 1.
 
 This file is the source of truth for every buildd client, whatever its
 language. Field numbers are never reused; new fields are added, old ones are
-only ever deprecated. See docs/protocol.md for the flow of a typical IDE and
-CI session and for how errors are reported.
+only ever deprecated. Version rule (docs/protocol.md#versioning): within
+buildd.v1 every change is additive and checked by `buf breaking`; a change
+that would break a v1 client goes into a new package, buildd.v2, served
+beside v1. See docs/protocol.md for the flow of a typical IDE and CI session
+and for how errors are reported.
 
 Conventions used throughout:
-- Paths are absolute paths as seen by the daemon's file system.
+- Paths are absolute paths as seen by the daemon's file system, at most
+  4096 bytes of UTF-8, each component at most 255 bytes, no NUL or other
+  control character (INVALID_ARGUMENT naming the field otherwise).
 - Digests are written "sha256:" followed by 64 lowercase hex digits.
 - Large bytes (uploaded sources, downloaded artifacts) travel in chunks of
   64 KiB to 1 MiB; the daemon refuses chunks larger than 1 MiB.
 - Durations are seconds as doubles; timestamps are Unix seconds as doubles.
+- Enums in requests: the zero value (`*_UNSPECIFIED`) and numbers this
+  version does not define are refused with INVALID_ARGUMENT naming the
+  field (for example `distribution`). Protobuf decodes a misspelt enum name
+  or a forgotten field as zero, so zero never silently means a default.
+  Enums in responses may gain values: treat an unknown number as
+  "something this client does not know yet", never as an error.
+- Field paths in error messages and in error details are written from the
+  request root, with indexes: `context.source.path`,
+  `context.config_settings[3].key`, `distributions[1]`.
 - Long calls (PrepareMetadata, GetRequires, Build) are server-streaming: they
   send any number of `Phase` and `LogLine` events, then exactly one final
   event, `result` or `failure`, and then the RPC ends. When the final event is
   a `failure`, the RPC also ends with the gRPC status given in
   `Failure.status_code`, so clients that only look at statuses still see it.
+- Every failing call, unary or streaming, carries a `google.rpc.Status` in
+  the standard `grpc-status-details-bin` trailer: an `ErrorInfo` (reason =
+  the FailureKind name without its prefix, domain "buildd"), a `BadRequest`
+  for a bad field, a `RetryInfo` where retrying helps, and the
+  `buildd.v1.Failure` itself (docs/protocol.md#failures).
 
 Identity (see docs/remote.md): a daemon started with --token-file expects
 every call except health checking and reflection to carry the metadata
@@ -28,6 +47,21 @@ them, and every other principal gets NOT_FOUND for them, exactly as for an
 unknown id. Without tokens, callers on a Unix socket or a loopback address
 are the principal "local"; other callers (only with --insecure) are
 "anonymous".
+
+Routing (see docs/scale-out.md): several daemons may stand behind one
+address, a proxy pinning each session to the daemon that holds it by
+hashing the metadata `x-buildd-session: <session id>`. A client sends it on
+every call that names a session: OpenSession (with the id it proposes in
+`OpenSessionRequest.session_id`), JoinSession, KeepAlive, CloseSession,
+GetRequires, PrepareMetadata, WatchMetadata, Build, GetStatus with a
+`session_id`, DownloadArtifact, and also FindMissingBlobs and UploadBlob, whose messages
+name no session: the header says which session the upload is for, so that
+it reaches the daemon that will build it. When the header is present on a
+call whose request names a session, the two must be equal
+(INVALID_ARGUMENT otherwise); on FindMissingBlobs and UploadBlob it must
+name a live session of the caller (NOT_FOUND otherwise, as for any unknown
+session). Calls without the header (health checks, Shutdown, GetStatus of
+the whole daemon) may reach any daemon.
 """
 
 from buildd.v1 import buildd_pb2 as _buildd_pb2
@@ -62,12 +96,20 @@ class BuilddStub:
     def __new__(cls, channel: _aio.Channel) -> BuilddAsyncStub: ...
     OpenSession: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.OpenSessionRequest, _buildd_pb2.SessionInfo]
     """Open a new session. The returned id is unguessable and is the only
-    credential needed to use the session on a local daemon.
+    credential needed to use the session on a local daemon. With a proposed
+    `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+    malformed, ALREADY_EXISTS when the caller's principal already has or had a
+    session with that id). UNAVAILABLE while the daemon drains.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     JoinSession: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.JoinSessionRequest, _buildd_pb2.SessionInfo]
     """Join an existing session by id (for example from a second process of the
-    same IDE). Fails with NOT_FOUND when the session is unknown or has ended.
-    Joining counts as activity and restarts the session's idle clock.
+    same IDE). NOT_FOUND when the session is unknown (reason SESSION_NOT_FOUND)
+    or has ended (reason SESSION_ENDED). Joining counts as activity and
+    restarts the session's idle clock.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     KeepAlive: _grpc.UnaryStreamMultiCallable[_buildd_pb2.KeepAliveRequest, _buildd_pb2.KeepAliveResponse]
     """Hold a session open: while at least one KeepAlive stream is open, the
@@ -76,24 +118,59 @@ class BuilddStub:
     connection broke), the session's idle clock starts again.
     """
     CloseSession: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.CloseSessionRequest, _buildd_pb2.CloseSessionResponse]
-    """End a session now. Its environments and prepared metadata are deleted from
-    disk; environments leased by a running hook call are deleted as soon as
-    that call finishes. Closing an unknown or ended session gives NOT_FOUND.
+    """End a session now. Its prepared metadata, unpacked sources and staging
+    folders are deleted. The environments it used stay in its principal's
+    store when they pass a check (they are deleted when they fail it, and
+    always on a daemon started with --no-store); an environment leased by a
+    running hook call goes the same way as soon as that call finishes.
+    Closing an unknown or ended session gives NOT_FOUND.
     """
     GetRequires: _grpc.UnaryStreamMultiCallable[_buildd_pb2.GetRequiresRequest, _buildd_pb2.Event]
     """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
     and dynamic build requirements. Final event: `result.requires`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     PrepareMetadata: _grpc.UnaryStreamMultiCallable[_buildd_pb2.PrepareMetadataRequest, _buildd_pb2.Event]
     """Run `prepare_metadata_for_build_{wheel,editable}` (or, when the backend
     lacks it, build a wheel and take its .dist-info, as PEP 517 says). The
     prepared metadata is kept in the session so that a later Build of the same
     source passes it as `metadata_directory`. Final event: `result.metadata`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     Build: _grpc.UnaryStreamMultiCallable[_buildd_pb2.BuildRequest, _buildd_pb2.Event]
-    """Build one or more distributions. Final event: `result.build`."""
+    """Build one or more distributions. Final event: `result.build`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    WatchMetadata: _grpc.UnaryStreamMultiCallable[_buildd_pb2.WatchMetadataRequest, _buildd_pb2.WatchMetadataEvent]
+    """Watch a source's core metadata: the daemon prepares it once, sends it,
+    then watches the tree and prepares it again after each change (in the
+    session's environment for the source, under the usual exclusive lease,
+    through the metadata cache), sending an event only when `METADATA`
+    actually changed, or when preparing failed (the watch then goes on, and
+    sends the metadata again once preparing succeeds). An open watch holds
+    its session like a KeepAlive stream. The stream ends when the client
+    cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+    the daemon drains. Watches per session and per principal are capped
+    (the daemon's --max-watches-per-session and --max-watches-per-principal):
+    beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+    (session, source path, settings) end the stream at once with their
+    status, before any event. See docs/protocol.md ("Watching metadata").
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]
-    """The daemon, its sessions and their environments."""
+    """The daemon, its sessions and their environments, and the caller's store.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    PruneStore: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.PruneStoreRequest, _buildd_pb2.PruneStoreResponse]
+    """Delete idle environments of the caller's store (an admin may name every
+    principal's). Leased environments are never touched. The installer's
+    cache is kept. FAILED_PRECONDITION on a daemon started with --no-store;
+    PERMISSION_DENIED when a principal that is not an admin asks for every
+    principal's store.
+    """
     Shutdown: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]
     """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
     health turns NOT_SERVING, running calls get `grace_seconds` to finish and
@@ -120,7 +197,12 @@ class BuilddStub:
     """Stream back an artifact that a Build of this session wrote: one `header`,
     then the file's bytes as `chunk` messages. Only artifacts built in the
     session, which must belong to the caller, can be downloaded; any other
-    path gives NOT_FOUND.
+    path gives NOT_FOUND (reason ARTIFACT_NOT_FOUND).
+    """
+    ListInterpreters: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.ListInterpretersRequest, _buildd_pb2.ListInterpretersResponse]
+    """The Python interpreters this daemon can build with, and how it found
+    each: what a client that is not written in Python (and so has no
+    `sys.executable` of its own) offers its user for `BuildContext.python`.
     """
 
 @_typing.type_check_only
@@ -130,12 +212,20 @@ class BuilddAsyncStub(BuilddStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     OpenSession: _aio.UnaryUnaryMultiCallable[_buildd_pb2.OpenSessionRequest, _buildd_pb2.SessionInfo]  # type: ignore[assignment]
     """Open a new session. The returned id is unguessable and is the only
-    credential needed to use the session on a local daemon.
+    credential needed to use the session on a local daemon. With a proposed
+    `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+    malformed, ALREADY_EXISTS when the caller's principal already has or had a
+    session with that id). UNAVAILABLE while the daemon drains.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     JoinSession: _aio.UnaryUnaryMultiCallable[_buildd_pb2.JoinSessionRequest, _buildd_pb2.SessionInfo]  # type: ignore[assignment]
     """Join an existing session by id (for example from a second process of the
-    same IDE). Fails with NOT_FOUND when the session is unknown or has ended.
-    Joining counts as activity and restarts the session's idle clock.
+    same IDE). NOT_FOUND when the session is unknown (reason SESSION_NOT_FOUND)
+    or has ended (reason SESSION_ENDED). Joining counts as activity and
+    restarts the session's idle clock.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     KeepAlive: _aio.UnaryStreamMultiCallable[_buildd_pb2.KeepAliveRequest, _buildd_pb2.KeepAliveResponse]  # type: ignore[assignment]
     """Hold a session open: while at least one KeepAlive stream is open, the
@@ -144,24 +234,59 @@ class BuilddAsyncStub(BuilddStub):
     connection broke), the session's idle clock starts again.
     """
     CloseSession: _aio.UnaryUnaryMultiCallable[_buildd_pb2.CloseSessionRequest, _buildd_pb2.CloseSessionResponse]  # type: ignore[assignment]
-    """End a session now. Its environments and prepared metadata are deleted from
-    disk; environments leased by a running hook call are deleted as soon as
-    that call finishes. Closing an unknown or ended session gives NOT_FOUND.
+    """End a session now. Its prepared metadata, unpacked sources and staging
+    folders are deleted. The environments it used stay in its principal's
+    store when they pass a check (they are deleted when they fail it, and
+    always on a daemon started with --no-store); an environment leased by a
+    running hook call goes the same way as soon as that call finishes.
+    Closing an unknown or ended session gives NOT_FOUND.
     """
     GetRequires: _aio.UnaryStreamMultiCallable[_buildd_pb2.GetRequiresRequest, _buildd_pb2.Event]  # type: ignore[assignment]
     """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
     and dynamic build requirements. Final event: `result.requires`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     PrepareMetadata: _aio.UnaryStreamMultiCallable[_buildd_pb2.PrepareMetadataRequest, _buildd_pb2.Event]  # type: ignore[assignment]
     """Run `prepare_metadata_for_build_{wheel,editable}` (or, when the backend
     lacks it, build a wheel and take its .dist-info, as PEP 517 says). The
     prepared metadata is kept in the session so that a later Build of the same
     source passes it as `metadata_directory`. Final event: `result.metadata`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     Build: _aio.UnaryStreamMultiCallable[_buildd_pb2.BuildRequest, _buildd_pb2.Event]  # type: ignore[assignment]
-    """Build one or more distributions. Final event: `result.build`."""
+    """Build one or more distributions. Final event: `result.build`.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    WatchMetadata: _aio.UnaryStreamMultiCallable[_buildd_pb2.WatchMetadataRequest, _buildd_pb2.WatchMetadataEvent]  # type: ignore[assignment]
+    """Watch a source's core metadata: the daemon prepares it once, sends it,
+    then watches the tree and prepares it again after each change (in the
+    session's environment for the source, under the usual exclusive lease,
+    through the metadata cache), sending an event only when `METADATA`
+    actually changed, or when preparing failed (the watch then goes on, and
+    sends the metadata again once preparing succeeds). An open watch holds
+    its session like a KeepAlive stream. The stream ends when the client
+    cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+    the daemon drains. Watches per session and per principal are capped
+    (the daemon's --max-watches-per-session and --max-watches-per-principal):
+    beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+    (session, source path, settings) end the stream at once with their
+    status, before any event. See docs/protocol.md ("Watching metadata").
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
     GetStatus: _aio.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]  # type: ignore[assignment]
-    """The daemon, its sessions and their environments."""
+    """The daemon, its sessions and their environments, and the caller's store.
+    buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    PruneStore: _aio.UnaryUnaryMultiCallable[_buildd_pb2.PruneStoreRequest, _buildd_pb2.PruneStoreResponse]  # type: ignore[assignment]
+    """Delete idle environments of the caller's store (an admin may name every
+    principal's). Leased environments are never touched. The installer's
+    cache is kept. FAILED_PRECONDITION on a daemon started with --no-store;
+    PERMISSION_DENIED when a principal that is not an admin asks for every
+    principal's store.
+    """
     Shutdown: _aio.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]  # type: ignore[assignment]
     """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
     health turns NOT_SERVING, running calls get `grace_seconds` to finish and
@@ -188,7 +313,12 @@ class BuilddAsyncStub(BuilddStub):
     """Stream back an artifact that a Build of this session wrote: one `header`,
     then the file's bytes as `chunk` messages. Only artifacts built in the
     session, which must belong to the caller, can be downloaded; any other
-    path gives NOT_FOUND.
+    path gives NOT_FOUND (reason ARTIFACT_NOT_FOUND).
+    """
+    ListInterpreters: _aio.UnaryUnaryMultiCallable[_buildd_pb2.ListInterpretersRequest, _buildd_pb2.ListInterpretersResponse]  # type: ignore[assignment]
+    """The Python interpreters this daemon can build with, and how it found
+    each: what a client that is not written in Python (and so has no
+    `sys.executable` of its own) offers its user for `BuildContext.python`.
     """
 
 class BuilddServicer(metaclass=_abc_1.ABCMeta):
@@ -201,7 +331,12 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.SessionInfo, _abc.Awaitable[_buildd_pb2.SessionInfo]]:
         """Open a new session. The returned id is unguessable and is the only
-        credential needed to use the session on a local daemon.
+        credential needed to use the session on a local daemon. With a proposed
+        `session_id` the session gets exactly that id (INVALID_ARGUMENT when it is
+        malformed, ALREADY_EXISTS when the caller's principal already has or had a
+        session with that id). UNAVAILABLE while the daemon drains.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -211,8 +346,11 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.SessionInfo, _abc.Awaitable[_buildd_pb2.SessionInfo]]:
         """Join an existing session by id (for example from a second process of the
-        same IDE). Fails with NOT_FOUND when the session is unknown or has ended.
-        Joining counts as activity and restarts the session's idle clock.
+        same IDE). NOT_FOUND when the session is unknown (reason SESSION_NOT_FOUND)
+        or has ended (reason SESSION_ENDED). Joining counts as activity and
+        restarts the session's idle clock.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -233,9 +371,12 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         request: _buildd_pb2.CloseSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.CloseSessionResponse, _abc.Awaitable[_buildd_pb2.CloseSessionResponse]]:
-        """End a session now. Its environments and prepared metadata are deleted from
-        disk; environments leased by a running hook call are deleted as soon as
-        that call finishes. Closing an unknown or ended session gives NOT_FOUND.
+        """End a session now. Its prepared metadata, unpacked sources and staging
+        folders are deleted. The environments it used stay in its principal's
+        store when they pass a check (they are deleted when they fail it, and
+        always on a daemon started with --no-store); an environment leased by a
+        running hook call goes the same way as soon as that call finishes.
+        Closing an unknown or ended session gives NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -246,6 +387,8 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_buildd_pb2.Event], _abc.AsyncIterator[_buildd_pb2.Event]]:
         """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
         and dynamic build requirements. Final event: `result.requires`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -258,6 +401,8 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         lacks it, build a wheel and take its .dist-info, as PEP 517 says). The
         prepared metadata is kept in the session so that a later Build of the same
         source passes it as `metadata_directory`. Final event: `result.metadata`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
 
     @_abc_1.abstractmethod
@@ -266,7 +411,32 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         request: _buildd_pb2.BuildRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_buildd_pb2.Event], _abc.AsyncIterator[_buildd_pb2.Event]]:
-        """Build one or more distributions. Final event: `result.build`."""
+        """Build one or more distributions. Final event: `result.build`.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def WatchMetadata(
+        self,
+        request: _buildd_pb2.WatchMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_buildd_pb2.WatchMetadataEvent], _abc.AsyncIterator[_buildd_pb2.WatchMetadataEvent]]:
+        """Watch a source's core metadata: the daemon prepares it once, sends it,
+        then watches the tree and prepares it again after each change (in the
+        session's environment for the source, under the usual exclusive lease,
+        through the metadata cache), sending an event only when `METADATA`
+        actually changed, or when preparing failed (the watch then goes on, and
+        sends the metadata again once preparing succeeds). An open watch holds
+        its session like a KeepAlive stream. The stream ends when the client
+        cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
+        the daemon drains. Watches per session and per principal are capped
+        (the daemon's --max-watches-per-session and --max-watches-per-principal):
+        beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+        (session, source path, settings) end the stream at once with their
+        status, before any event. See docs/protocol.md ("Watching metadata").
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
 
     @_abc_1.abstractmethod
     def GetStatus(
@@ -274,7 +444,22 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         request: _buildd_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.StatusResponse, _abc.Awaitable[_buildd_pb2.StatusResponse]]:
-        """The daemon, its sessions and their environments."""
+        """The daemon, its sessions and their environments, and the caller's store.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def PruneStore(
+        self,
+        request: _buildd_pb2.PruneStoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_buildd_pb2.PruneStoreResponse, _abc.Awaitable[_buildd_pb2.PruneStoreResponse]]:
+        """Delete idle environments of the caller's store (an admin may name every
+        principal's). Leased environments are never touched. The installer's
+        cache is kept. FAILED_PRECONDITION on a daemon started with --no-store;
+        PERMISSION_DENIED when a principal that is not an admin asks for every
+        principal's store.
+        """
 
     @_abc_1.abstractmethod
     def Shutdown(
@@ -325,7 +510,18 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         """Stream back an artifact that a Build of this session wrote: one `header`,
         then the file's bytes as `chunk` messages. Only artifacts built in the
         session, which must belong to the caller, can be downloaded; any other
-        path gives NOT_FOUND.
+        path gives NOT_FOUND (reason ARTIFACT_NOT_FOUND).
+        """
+
+    @_abc_1.abstractmethod
+    def ListInterpreters(
+        self,
+        request: _buildd_pb2.ListInterpretersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_buildd_pb2.ListInterpretersResponse, _abc.Awaitable[_buildd_pb2.ListInterpretersResponse]]:
+        """The Python interpreters this daemon can build with, and how it found
+        each: what a client that is not written in Python (and so has no
+        `sys.executable` of its own) offers its user for `BuildContext.python`.
         """
 
 def add_BuilddServicer_to_server(servicer: BuilddServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ megabytes back, and never a NUL or a control character.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import TYPE_CHECKING, Literal
@@ -36,6 +37,13 @@ MAX_SETTINGS = 256
 MAX_SETTING_BYTES = 64 * 1024
 # All config settings of one request together.
 MAX_SETTINGS_BYTES = 1 << 20
+# OpenSessionRequest.client_name, in bytes of UTF-8.
+MAX_CLIENT_NAME_BYTES = 256
+# KeepAliveRequest.interval_seconds when not 0, and the default (a third of
+# the session TTL, at most 30 s).
+MIN_KEEPALIVE_INTERVAL = 0.05
+MAX_KEEPALIVE_INTERVAL = 3600.0
+DEFAULT_KEEPALIVE_INTERVAL = 30.0
 # Characters of a client value a message shows.
 SHOWN = 80
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -101,6 +109,7 @@ def context(wire: pb.BuildContext, deadline: float | None, principal: str) -> Re
         config_settings=config_settings(wire.config_settings),
         quiet=wire.quiet,
         deadline=deadline,
+        no_cache=wire.no_cache,
     )
 
 
@@ -146,30 +155,60 @@ def config_settings(items: Sequence[pb.ConfigSetting]) -> dict[str, str | list[s
 
 
 def distribution(number: int, field: str = "distribution") -> Dist:
-    """One ``Distribution`` value; UNSPECIFIED means WHEEL (as the .proto documents)."""
-    name = DISTS.get(number or pb.DISTRIBUTION_WHEEL)
-    if name is None:
-        raise errors.InvalidRequest(f"{field}: unknown value {number}")
-    return name
+    """One ``Distribution`` of a request: UNSPECIFIED and unknown numbers are refused.
+
+    Zero is what protobuf decodes from a forgotten field or a misspelt enum
+    name (JavaScript's proto-loader does so silently), so it never means a
+    default: a request for EDITABLE metadata must not quietly get a wheel's.
+    """
+    name = DISTS.get(number)
+    if name is not None:
+        return name
+    if number == pb.DISTRIBUTION_UNSPECIFIED:
+        problem = "DISTRIBUTION_UNSPECIFIED (0) is not a distribution"
+    else:
+        problem = f"{number} is not a Distribution this daemon knows"
+    known = ", ".join(pb.Distribution.Name(n) for n in DISTS)  # type: ignore[arg-type]
+    raise errors.InvalidRequest(f"{field}: {problem}; expected one of {known}", field=field)
 
 
 def metadata_distribution(number: int) -> Literal["wheel", "editable"]:
-    """``PrepareMetadataRequest.distribution``: WHEEL (the default) or EDITABLE."""
+    """``PrepareMetadataRequest.distribution``: WHEEL or EDITABLE."""
     name = distribution(number)
     if name == "sdist":
         raise errors.InvalidRequest(
-            "distribution: metadata is prepared for WHEEL or EDITABLE, not "
-            f"{pb.Distribution.Name(number)}"  # type: ignore[arg-type]
+            "distribution: metadata is prepared for DISTRIBUTION_WHEEL or "
+            f"DISTRIBUTION_EDITABLE, not {pb.Distribution.Name(number)}",  # type: ignore[arg-type]
+            field="distribution",
         )
     return name
 
 
 def distributions(numbers: Sequence[int]) -> list[Dist]:
-    """``BuildRequest.distributions``, each checked."""
-    dists: list[Dist] = []
-    for index, number in enumerate(numbers):
-        name = DISTS.get(number)
-        if name is None:
-            raise errors.InvalidRequest(f"distributions[{index}]: unknown value {number}")
-        dists.append(name)
-    return dists
+    """``BuildRequest.distributions``, each checked (empty: the service's SDIST, WHEEL)."""
+    return [distribution(number, f"distributions[{index}]") for index, number in enumerate(numbers)]
+
+
+def client_name(value: str) -> str:
+    """``OpenSessionRequest.client_name`` as sent; refused when longer than the limit."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_CLIENT_NAME_BYTES:
+        raise errors.InvalidRequest(
+            f"client_name: {size} bytes ({show(value, 40)}); at most "
+            f"{MAX_CLIENT_NAME_BYTES} bytes of UTF-8 are accepted",
+            field="client_name",
+        )
+    return value
+
+
+def keepalive_interval(value: float, session_ttl: float) -> float:
+    """Seconds between KeepAlive heartbeats: 0 means the default, else within the bounds."""
+    if value == 0:
+        return max(MIN_KEEPALIVE_INTERVAL, min(DEFAULT_KEEPALIVE_INTERVAL, session_ttl / 3))
+    if not math.isfinite(value) or not MIN_KEEPALIVE_INTERVAL <= value <= MAX_KEEPALIVE_INTERVAL:
+        raise errors.InvalidRequest(
+            f"interval_seconds: {value!r} is outside the accepted range: 0 (the daemon's "
+            f"default) or {MIN_KEEPALIVE_INTERVAL} to {MAX_KEEPALIVE_INTERVAL:.0f} seconds",
+            field="interval_seconds",
+        )
+    return value

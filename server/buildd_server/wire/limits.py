@@ -128,7 +128,9 @@ class Limits:
         cap = self.cap(what)
         return errors.ResourceExhausted(
             f"principal {principal!r} has reached the cap of {cap} {_WHAT[what]} "
-            f"({FLAGS[what]}={cap}); end some first, or ask the operator to raise {FLAGS[what]}"
+            f"({FLAGS[what]}={cap}); end some first, or ask the operator to raise {FLAGS[what]}",
+            # The principal's own calls free a slot when they end: retrying helps.
+            retry_delay=1.0,
         )
 
     def interceptor(self, auth: Authenticator, metrics: Metrics | None = None) -> CallGate:

@@ -12,6 +12,8 @@ which kills the running hook's process group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import threading
 import time
 import uuid
@@ -24,9 +26,12 @@ from buildd.v1 import buildd_pb2_grpc
 
 from .. import errors
 from ..auth import Authenticator, Principal
+from ..interpreter_discovery import discover_interpreters
+from ..routing import check_session_header, header_session
 from . import decode, encode, failures
 from .limits import Limits
 from .status import StatusSource
+from .store_status import prune_store
 from .streams import Bridge, Calls
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
     from ..requests import Request
     from ..service import BuildService
     from ..sessions import SessionRegistry
+    from ..watches import WatchUpdate
     from .streams import Blocking
     from .transfers import Transfers
 
@@ -96,34 +102,42 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
 
     async def OpenSession(self, request: pb.OpenSessionRequest, context: Context) -> pb.SessionInfo:
         def run(who: Principal) -> pb.SessionInfo:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             if self._service.draining:
                 raise errors.Unavailable("the daemon is shutting down and opens no sessions")
-            client_name = request.client_name[:200]
+            client_name = decode.client_name(request.client_name)
             # Counting and opening under one lock: concurrent opens cannot pass the cap.
             with self._limits.creating:
                 self._limits.check(who.name, "sessions", len(self._registry.all(who.name)))
-                session = self._registry.open(client_name, principal=who.name)
+                session = self._registry.open(
+                    client_name, principal=who.name, session_id=request.session_id
+                )
             log.info(
-                "session_opened", session=session.id[:8], client=client_name, principal=who.name
+                "session_opened",
+                session=session.id[:8],
+                client=client_name,
+                principal=who.name,
+                proposed=bool(request.session_id),
             )
-            return self._session_info(session.id, session.created_at, who.name)
+            return self._session_info(session.wire_id, session.created_at, who.name)
 
         return await self._unary(context, run)
 
     async def JoinSession(self, request: pb.JoinSessionRequest, context: Context) -> pb.SessionInfo:
         def run(who: Principal) -> pb.SessionInfo:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             session = self._registry.get(request.session_id, principal=who.name)
-            return self._session_info(session.id, session.created_at, who.name)
+            return self._session_info(session.wire_id, session.created_at, who.name)
 
         return await self._unary(context, run, blocking=False)
 
     async def KeepAlive(
         self, request: pb.KeepAliveRequest, context: Context
     ) -> AsyncIterator[pb.KeepAliveResponse]:
-        interval = request.interval_seconds or min(30.0, self._config.session_ttl / 3)
-        interval = max(0.05, interval)
         try:
+            interval = decode.keepalive_interval(request.interval_seconds, self._config.session_ttl)
             who = self._who(context)
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             holder = self._registry.keepalive(request.session_id, principal=who.name)
             holder.__enter__()
         except errors.BuilddError as exc:
@@ -140,10 +154,13 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.CloseSessionRequest, context: Context
     ) -> pb.CloseSessionResponse:
         def run(who: Principal) -> pb.CloseSessionResponse:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             session = self._registry.close(request.session_id, principal=who.name)
-            deleted, pending = self._service.last_end_counts(session.id)
+            deleted, pending, stored = self._service.last_end_counts(session.id)
             return pb.CloseSessionResponse(
-                environments_deleted=deleted, environments_pending=pending
+                environments_deleted=deleted,
+                environments_pending=pending,
+                environments_stored=stored,
             )
 
         return await self._unary(context, run)
@@ -183,13 +200,61 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         async for event in self._stream(request.context, context, "build", run, outdir):
             yield event
 
+    async def WatchMetadata(
+        self, request: pb.WatchMetadataRequest, context: Context
+    ) -> AsyncIterator[pb.WatchMetadataEvent]:
+        # Waiting for changes costs this coroutine only; updates come from the
+        # watcher's and the preparing threads through call_soon_threadsafe.
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[WatchUpdate] = asyncio.Queue()
+
+        def deliver(update: WatchUpdate) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody reads
+                loop.call_soon_threadsafe(updates.put_nowait, update)
+
+        try:
+            who = self._who(context)
+            wire = request.context
+            check_session_header(
+                context.invocation_metadata(), wire.session_id, "context.session_id"
+            )
+            dist = decode.metadata_distribution(request.distribution)
+            # A watch sends no log lines: only metadata and failures.
+            req = dataclasses.replace(decode.context(wire, None, who.name), quiet=True)
+            self._auth.check_path(who, wire.source.path, "context.source.path")
+            with self._limits.acquire(who.name, "watches"):
+                # Opening sets up the tree's watcher (a walk of its folders): off the loop.
+                watch = await self._blocking(self._service.watches.open, req, dist, deliver)
+                try:
+                    while True:
+                        update = await updates.get()
+                        if update.final:
+                            if update.error is None:
+                                return
+                            raise update.error
+                        yield encode.watch_event(update)
+                finally:
+                    watch.end()
+        except errors.BuilddError as exc:
+            error = exc
+        except Exception as exc:
+            error = failures.internal(exc, "WatchMetadata")
+        await failures.abort(context, error, self._metrics, call="watch_metadata")
+
     # --------------------------------------------------------------- status --
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.StatusResponse:
         def run(who: Principal) -> pb.StatusResponse:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             return self.status_source.status(request.session_id, who)
 
         return await self._unary(context, run, blocking=False)
+
+    async def PruneStore(
+        self, request: pb.PruneStoreRequest, context: Context
+    ) -> pb.PruneStoreResponse:
+        # Deletes folders: in the executor, off the event loop.
+        return await self._unary(context, lambda who: prune_store(self._service, request, who))
 
     async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownResponse:
         def run(who: Principal) -> pb.ShutdownResponse:
@@ -213,8 +278,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     async def FindMissingBlobs(
         self, request: pb.FindMissingBlobsRequest, context: Context
     ) -> pb.FindMissingBlobsResponse:
+        routed = header_session(context.invocation_metadata())
         return await self._unary(
-            context, lambda who: self._transfers_for().find_missing(request, who)
+            context, lambda who: self._transfers_for().find_missing(request, who, routed)
         )
 
     async def UploadBlob(
@@ -222,8 +288,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
     ) -> pb.UploadBlobResponse:
         try:
             who = self._who(context)
+            routed = header_session(context.invocation_metadata())
             with self._limits.acquire(who.name, "uploads"):
-                return await self._transfers_for().upload(request_iterator, who)
+                return await self._transfers_for().upload(request_iterator, who, routed)
         except errors.BuilddError as exc:
             error = exc
         except Exception as exc:
@@ -234,6 +301,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         self, request: pb.DownloadArtifactRequest, context: Context
     ) -> AsyncIterator[pb.DownloadArtifactResponse]:
         try:
+            check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             async for response in self._transfers_for().download(request, self._who(context)):
                 yield response
             return
@@ -243,12 +311,27 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             error = failures.internal(exc, "DownloadArtifact")
         await failures.abort(context, error, self._metrics)
 
+    async def ListInterpreters(
+        self, request: pb.ListInterpretersRequest, context: Context
+    ) -> pb.ListInterpretersResponse:
+        # Probing runs subprocesses (once per interpreter; cached after).
+        return await self._unary(context, lambda _who: encode.interpreters(discover_interpreters()))
+
     def _transfers_for(self) -> Transfers:
         if self._service.draining:
             raise errors.Unavailable("the daemon is shutting down and takes no transfers")
         if self._transfers is None:
             raise errors.Unavailable("this daemon keeps no blob cache: uploads are off")
         return self._transfers
+
+    @property
+    def address(self) -> str:
+        """The address status reports; the daemon sets it once the port is bound."""
+        return self.status_source.address
+
+    @address.setter
+    def address(self, value: str) -> None:
+        self.status_source = dataclasses.replace(self.status_source, address=value)
 
     def _who(self, context: Context) -> Principal:
         return self._auth.principal(context)
@@ -261,6 +344,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             ttl_seconds=self._config.session_ttl,
             created_at=created_at,
             principal=principal,
+            daemon_id=self._config.daemon_id,
         )
 
     async def _unary(
@@ -307,6 +391,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             deadline = None if remaining is None else started + remaining
             try:
                 who = self._who(context)
+                check_session_header(
+                    context.invocation_metadata(), wire.session_id, "context.session_id"
+                )
                 request = decode.context(wire, deadline, who.name)
                 for field, path in paths:
                     if path:

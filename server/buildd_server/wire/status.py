@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 
+from .store_status import add_store_status, environment_info
+
 if TYPE_CHECKING:
     from ..auth import Principal
     from ..config import Config
@@ -36,8 +38,14 @@ class StatusSource:
         """One session (``only``) or every session ``who`` may see: admins see all."""
         scope = None if who.admin else who.name
         registry = self.registry
-        sessions = [registry.peek(only, principal=scope)] if only else registry.all(scope)
+        sessions = (
+            # Admins may see several: ids are scoped per principal (sessions.py).
+            (registry.named(only, scope) or [registry.peek(only, principal=scope)])
+            if only
+            else registry.all(scope)
+        )
         entries = self.pool.snapshot()
+        creating = self.pool.creations()
         response = pb.StatusResponse(
             daemon=pb.DaemonInfo(
                 pid=os.getpid(),
@@ -49,38 +57,42 @@ class StatusSource:
                 max_envs=self.config.max_envs,
                 max_envs_per_key=self.config.max_envs_per_key,
                 draining=self.service.draining,
+                daemon_id=self.config.daemon_id,
+                max_watches_per_session=self.config.max_watches_per_session,
+                max_watches_per_principal=self.config.caps.watches,
+                watched_trees=self.service.watches.trees.watched(),
             ),
             principal=who.name,
             admin=who.admin,
         )
+        add_store_status(response, self.service, self.config, scope)
         for session in sessions:
             status = response.sessions.add(
-                session_id=session.id,
+                session_id=session.wire_id,
                 client_name=session.client_name,
                 created_at=session.created_at,
                 last_active_at=time.time() - (time.monotonic() - session.last_active),
                 keepalives=session.keepalives,
                 principal=session.principal,
+                watches=self.service.watches.count(session.id),
             )
+            # Those it leased: its own (--no-store), or of its principal's store.
+            leased = self.service.leased_by(session.id)
             for entry in entries:
-                if entry.owner != session.id:
+                if entry.owner != session.id and id(entry.instance) not in leased:
                     continue
-                env = entry.instance
-                status.environments.add(
-                    id=env.id,
-                    path=str(env.path),
-                    key_id=env.key.id,
-                    interpreter=env.interpreter.executable,
-                    python_version=env.interpreter.version,
-                    requirements=list(env.key.requirements),
-                    state=(
-                        pb.ENVIRONMENT_STATE_LEASED
-                        if entry.state == "leased"
-                        else pb.ENVIRONMENT_STATE_IDLE
-                    ),
-                    hook_calls=env.hook_calls,
-                    created_at=env.created_at,
-                    last_used_at=env.last_used_at,
-                    sources=self.service.sources_of(session.id, env),
-                )
+                info = environment_info(entry)
+                info.sources.extend(self.service.sources_of(session.id, entry.instance))
+                status.environments.append(info)
+            for owner, key, party in creating:
+                # Its own (--no-store), or one it asked its principal's store for.
+                if session.id in (owner, party):
+                    # Not an instance yet: no id, no path, only what it is made for.
+                    status.environments.add(
+                        key_id=key.id,
+                        interpreter=key.interpreter[0],
+                        python_version=key.interpreter[2],
+                        requirements=list(key.requirements),
+                        state=pb.ENVIRONMENT_STATE_CREATING,
+                    )
         return response

@@ -7,10 +7,17 @@ to the blocking executor. Nothing here holds more than one chunk of a file in
 memory: uploads go through ``BlobStore.begin`` into a temporary file,
 downloads are read from disk one chunk at a time as gRPC asks for the next
 message.
+
+Uploads name no session in their messages, but a client behind a proxy sends
+the session they are for as the routing header (routing.py). That session
+must then be a live one of the caller: after the loss of a daemon, an upload
+for one of its sessions reaches another daemon and gets NOT_FOUND for the
+session instead of filling a cache where nothing will build it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -25,6 +32,7 @@ from .decode import check_path, show
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from contextlib import AbstractContextManager
 
     from ..auth import Principal
     from ..blobs import BlobStore
@@ -52,14 +60,33 @@ class Transfers:
         self._uploaded = metrics.bytes.labels(direction="uploaded")
         self._downloaded = metrics.bytes.labels(direction="downloaded")
 
+    def _for_session(
+        self, session_id: str | None, who: Principal
+    ) -> AbstractContextManager[object]:
+        """Hold the session the routing header names (none: nothing to hold)."""
+        if session_id is None:
+            return contextlib.nullcontext()
+        return self._registry.using(session_id, principal=who.name)
+
     def find_missing(
-        self, request: pb.FindMissingBlobsRequest, who: Principal
+        self, request: pb.FindMissingBlobsRequest, who: Principal, session_id: str | None = None
     ) -> pb.FindMissingBlobsResponse:
-        missing = self.blobs.missing(list(request.digests))
+        with self._for_session(session_id, who):
+            missing = self.blobs.missing(list(request.digests))
         log.debug("blobs_missing", principal=who.name, asked=len(request.digests), missing=missing)
         return pb.FindMissingBlobsResponse(missing=missing)
 
     async def upload(
+        self,
+        requests: AsyncIterator[pb.UploadBlobRequest],
+        who: Principal,
+        session_id: str | None = None,
+    ) -> pb.UploadBlobResponse:
+        # Held for the whole stream, so the session cannot expire mid-upload.
+        with self._for_session(session_id, who):
+            return await self._upload(requests, who)
+
+    async def _upload(
         self, requests: AsyncIterator[pb.UploadBlobRequest], who: Principal
     ) -> pb.UploadBlobResponse:
         started = time.monotonic()
@@ -118,16 +145,21 @@ class Transfers:
             with session.lock:
                 record = session.artifacts.get(request.path)
             if record is None:
-                raise errors.SourceNotFound(
+                raise errors.ArtifactNotFound(
                     f"path: {show(request.path, 300)} is not an artifact built in this session",
                     path=request.path[:300],
+                    field="path",
                 )
             size, sha256 = record
             handle = await self._blocking(_open_artifact, request.path, size)
             try:
                 yield pb.DownloadArtifactResponse(
                     header=pb.ArtifactHeader(
-                        filename=os.path.basename(request.path), size=size, sha256=sha256
+                        filename=os.path.basename(request.path),
+                        size=size,
+                        sha256=sha256,
+                        digest=f"sha256:{sha256}",
+                        size_bytes=size,
                     )
                 )
                 while chunk := await self._blocking(handle.read, CHUNK):
@@ -143,12 +175,14 @@ def _open_artifact(path: str, size: int) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise errors.SourceNotFound(
-            f"path: {path}: the artifact is gone ({exc.strerror})", path=path
+        raise errors.ArtifactNotFound(
+            f"path: {path}: the artifact is gone ({exc.strerror})", path=path, field="path"
         ) from exc
     handle = os.fdopen(fd, "rb")
     info = os.fstat(handle.fileno())
     if not stat.S_ISREG(info.st_mode) or info.st_size != size:
         handle.close()
-        raise errors.SourceNotFound(f"path: {path}: changed since the build wrote it", path=path)
+        raise errors.ArtifactNotFound(
+            f"path: {path}: changed since the build wrote it", path=path, field="path"
+        )
     return handle
