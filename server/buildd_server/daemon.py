@@ -38,10 +38,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 
-from . import containment
+from . import containment, zygotes
 from .access import LocalToken, check_folder
 from .auth import Authenticator, check_listen, server_credentials
 from .blobs import BlobStore
+from .bytecode import COMPILER
 from .environments import Environment, EnvironmentFactory
 from .errors import DaemonStartupError
 from .installers import select_installer
@@ -50,6 +51,8 @@ from .pool import Pool
 from .reflection import enable_reflection
 from .service import BuildService
 from .sessions import Session, SessionRegistry
+from .store import Store
+from .storekeeper import StoreKeeper
 from .wire.limits import TRANSPORT_LIMIT, Limits
 from .wire.servicer import Servicer
 from .wire.streams import Blocking, EventLoopThread
@@ -118,9 +121,13 @@ class Daemon:
             fork_server=self.config.fork_server,
         )
         holder: list[BuildService] = []
+        keepers: list[StoreKeeper] = []
 
         def destroy(env: Environment) -> None:
             holder[0].destroy_environment(env)
+
+        def validate(env: Environment) -> bool:
+            return keepers[0].validate(env)
 
         def on_end(session: Session) -> None:
             holder[0].session_ended(session)
@@ -129,12 +136,23 @@ class Daemon:
             max_per_key=self.config.max_envs_per_key,
             max_total=self.config.max_envs,
             destroy=destroy,
-            validate=factory.validate,
+            validate=validate,
         )
         self.registry = SessionRegistry(
             sessions_root, self.config.session_ttl, on_end, daemon_id=self.config.daemon_id
         )
         self.metrics = Metrics()
+        self.store = Store(self.config.state_dir / "envs", enabled=self.config.store)
+        self.keeper = StoreKeeper(
+            self.store,
+            self.pool,
+            factory,
+            self.metrics,
+            max_bytes=self.config.store_size,
+            ttl=self.config.store_ttl,
+        )
+        keepers.append(self.keeper)
+        factory.on_resized = self.keeper.changed
         self.blobs = BlobStore(
             self.config.state_dir / "blobs",
             self.config.blob_cache_size,
@@ -148,8 +166,13 @@ class Daemon:
             installer.name,
             self.metrics,
             blobs=self.blobs,
+            store=self.store,
+            keeper=self.keeper,
         )
         holder.append(self.service)
+        if self.config.store:
+            # Before serving: a request must never meet an instance twice.
+            self.keeper.adopt()
         self._blocking = futures.ThreadPoolExecutor(
             max_workers=self.config.max_workers, thread_name_prefix="buildd-blocking"
         )
@@ -173,6 +196,7 @@ class Daemon:
             environments=self._environment_counts,
             active_calls=lambda: self.servicer.calls.active,
             held=self.limits.totals,
+            store_bytes=(lambda: self.keeper.usage()[0]) if self.config.store else None,
         )
         # Everything that can refuse to start does so before the socket exists.
         if self.config.metrics_address:
@@ -180,6 +204,9 @@ class Daemon:
         self._events = EventLoopThread()
         self._server = self._events.call(self._serve())
         self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
+        if self.config.store:
+            # Often enough that an idle instance outlives --store-ttl by at most a quarter.
+            self.keeper.start(min(30.0, max(0.2, self.config.store_ttl / 4)))
         log.info(
             "daemon_started",
             address=self.address.target,
@@ -290,7 +317,7 @@ class Daemon:
         # run (each in its own process group): stop them before deleting the
         # environments they run in.
         sessions = state / "sessions"
-        killed = _kill_processes_under(sessions)
+        killed = _kill_processes_under(sessions) + _kill_processes_under(state / "envs")
         reclaimed = 0
         if sessions.is_dir():
             for child in sessions.iterdir():
@@ -413,7 +440,12 @@ class Daemon:
             self._blocking.shutdown(wait=True, cancel_futures=True)
         self.metrics.stop()
         self.registry.stop_reaper()
+        # Sessions end as they do on close: stored instances are checked and
+        # kept; then the processes that run from them go.
         self.registry.end_all()
+        self.keeper.stop()
+        zygotes.REGISTRY.stop_all()
+        COMPILER.stop_all()
         if self.address.kind == "unix" and self.address.path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)

@@ -147,6 +147,10 @@ class BackendFailed(BuilddError):
     kind = pb.FAILURE_KIND_BACKEND_FAILED
 
 
+class ArtifactInvalid(BackendFailed):
+    """A hook exited 0 but what it produced fails the artifact checks (checks.py)."""
+
+
 class HookMissing(BuilddError):
     """A mandatory hook is missing from the backend."""
 
@@ -204,6 +208,13 @@ class Unauthenticated(BuilddError):
 
     status = grpc.StatusCode.UNAUTHENTICATED
     kind = pb.FAILURE_KIND_UNAUTHENTICATED
+
+
+class StoreDisabled(BuilddError):
+    """A store operation on a daemon started with --no-store."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    kind = pb.FAILURE_KIND_INVALID_REQUEST
 
 
 class DaemonStartupError(Exception):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 import pyproject_hooks
 
 from . import containment, errors, zygotes
+from .checks import missing_mandatory_hook
 from .events import Emit, HookOutcome, Log, Phase
 from .processes import TAIL_LINES, mentions_enospc
 
@@ -130,6 +131,12 @@ class HookRunner:
         if result.returncode > 0 and any(map(mentions_enospc, result.last_lines)):
             raise errors.ResourceExhausted(
                 f"{label} ran out of disk space", hook=hook, last_lines=result.last_lines
+            )
+        if result.returncode > 0 and missing_mandatory_hook(hook, result.last_lines):
+            raise errors.HookMissing(
+                f"backend {self.backend!r} has no {hook} hook, which PEP 517 makes mandatory",
+                hook=hook,
+                last_lines=result.last_lines,
             )
         if result.returncode > 0:
             last = next((line for line in reversed(result.last_lines) if line.strip()), "")

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .events import Emit, Log, Phase
+from .events import Emit, Event, Log
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -115,7 +115,7 @@ def settings_id(settings: Mapping[str, str | list[str]]) -> str:
 
 
 def drop_logs(emit: Emit) -> Emit:
-    def quiet_emit(event: Phase | Log) -> None:
+    def quiet_emit(event: Event) -> None:
         if not isinstance(event, Log):
             emit(event)
 

@@ -11,8 +11,9 @@ import os
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.requirements import InvalidRequirement, Requirement
 
@@ -23,6 +24,7 @@ from buildd_server.errors import (
     SourceNotFound,
     SourceUnreadable,
 )
+from buildd_server.lint import pyproject_warnings
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -32,6 +34,8 @@ __all__ = [
     "load_project",
     "unpack_sdist",
 ]
+if TYPE_CHECKING:
+    from buildd_server.events import BuildWarning
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,6 +61,8 @@ class Project:
     requires: tuple[str, ...]
     backend: str
     backend_path: tuple[str, ...]
+    # What pyproject.toml holds that is ignored and probably misspelt (lint.py).
+    warnings: tuple[BuildWarning, ...] = field(default=(), compare=False)
 
     def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
         """(name, mtime_ns, size) of the files that declare how to build; changes on edit."""
@@ -129,14 +135,19 @@ def _from_pyproject(root: Path, pyproject: Path, data: dict[str, object]) -> Pro
     def bad(field: str, problem: str) -> InvalidProject:
         return InvalidProject(f"{pyproject}: {field}: {problem}", path=where)
 
+    warnings = tuple(pyproject_warnings(data, where))
     if "build-system" not in data:
-        return Project(root, pyproject, DEFAULT_REQUIRES, DEFAULT_BACKEND, ())
+        return Project(root, pyproject, DEFAULT_REQUIRES, DEFAULT_BACKEND, (), warnings)
     table = data["build-system"]
     if not isinstance(table, dict):
         raise bad("build-system", f"expected a table, got {_describe(table)}")
     if "requires" not in table:
         # PEP 518: the key is mandatory once the table exists.
-        raise bad("build-system.requires", "missing (required when [build-system] is present)")
+        typo = [w.field for w in warnings if w.suggestion == "build-system.requires"]
+        hint = f"; found '{typo[0]}', did you mean 'build-system.requires'?" if typo else ""
+        raise bad(
+            "build-system.requires", f"missing (required when [build-system] is present){hint}"
+        )
     requires = _string_list(table["requires"], "build-system.requires", bad)
     for index, text in enumerate(requires):
         try:
@@ -165,7 +176,7 @@ def _from_pyproject(root: Path, pyproject: Path, data: dict[str, object]) -> Pro
             raise bad(field, f"{entry!r} cannot be resolved: {exc}") from exc
         if not target.is_relative_to(root):
             raise bad(field, f"{entry!r} resolves to {target}, outside the project {root}")
-    return Project(root, pyproject, tuple(requires), backend, tuple(backend_path))
+    return Project(root, pyproject, tuple(requires), backend, tuple(backend_path), warnings)
 
 
 def _string_list(value: object, field: str, bad: _BadFactory) -> list[str]:

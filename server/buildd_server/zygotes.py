@@ -342,6 +342,16 @@ class Zygotes:
             zygote.stop()
             log.info("fork_server_stopped", env=env_id, reason=reason)
 
+    def stop_all(self) -> None:
+        """Stop every fork server (daemon stop: stored environments stay, their processes go)."""
+        with self._lock:
+            running = list(self._zygotes.values())
+            self._zygotes.clear()
+            self._failures.clear()
+            self._broken.clear()
+        for zygote in running:
+            zygote.stop()
+
     def rss_kib(self) -> dict[str, int | None]:
         with self._lock:
             zygotes = list(self._zygotes.values())

@@ -25,7 +25,7 @@ import pytest
 from buildd_client import Client
 from buildd_server import zygotes
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import Environment, EnvironmentFactory
+from buildd_server.environments import Environment, EnvironmentFactory, Placement
 from buildd_server.hooks import Hooks
 from buildd_server.installers import select_installer
 from buildd_server.interpreters import resolve_interpreter
@@ -66,7 +66,8 @@ def backend_env(
     interpreter = resolve_interpreter("")
     key = make_key(interpreter, requirements, "uv", factory.options, origin="test")
     owner = tmp_path_factory.mktemp("owner")
-    env = factory.create(key, interpreter, owner, emit=lambda e: None, cancel=threading.Event())
+    placement = Placement(path=owner / "0", owner="test")
+    env = factory.create(key, interpreter, placement, emit=lambda e: None, cancel=threading.Event())
     yield request.param, env
     factory.destroy(env)
 
@@ -200,7 +201,8 @@ def test_setuptools_state_stays_in_its_own_forked_call(
     interpreter = resolve_interpreter("")
     key = make_key(interpreter, ["setuptools>=61"], "uv", factory.options, origin="test")
     owner = tmp_path / "owner"
-    env = factory.create(key, interpreter, owner, emit=lambda e: None, cancel=threading.Event())
+    placement = Placement(path=owner / "0", owner="test")
+    env = factory.create(key, interpreter, placement, emit=lambda e: None, cancel=threading.Event())
     try:
         zygote = ready_zygote(env, _recording_setuptools_project(tmp_path / "scratch"))
         root = _recording_setuptools_project(tmp_path / "proj")

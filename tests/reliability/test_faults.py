@@ -121,6 +121,9 @@ def _hook_pids(source: Path) -> tuple[int, int]:
     return group, child
 
 
+CREATING = pb.PHASE_KIND_CREATING_ENVIRONMENT
+
+
 def _only_env(client: Client, session_id: str) -> pb.EnvironmentInfo:
     [env] = client.status(session_id).sessions[0].environments
     return env
@@ -132,12 +135,17 @@ def _discarded(client: Client, session_id: str, path: str) -> bool:
 
 
 def _recover(client: Client, session: Session, source: Path, old_path: str) -> None:
-    """The next request works, in a new instance."""
+    """The next request works, in a new instance.
+
+    Paths are stable: a new instance may take the discarded one's slot, and so
+    its path; it was then created by this very request.
+    """
     for name in ("hang", "pids", "crash"):
         (source / name).unlink(missing_ok=True)
-    session.metadata(str(source)).result()
+    events = list(session.metadata(str(source)))
+    created = [e.phase.environment_path for e in events if e.phase.kind == CREATING]
     env = _only_env(client, session.id)
-    assert env.path != old_path
+    assert env.path != old_path or created == [old_path, old_path]
     assert env.state == pb.ENVIRONMENT_STATE_IDLE
 
 
@@ -306,22 +314,27 @@ def test_fault5_sigterm_with_work_in_flight(make_daemon: MakeDaemon, tmp_path: P
 
 def test_fault6_sigkill_then_restart(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     process = make_daemon()
-    source = probe_project(tmp_path / "warm", tmp_path / "probe.log")
+    # A key of its own: the hanging request cannot lease this idle instance.
+    source = probe_project(
+        tmp_path / "warm", tmp_path / "probe.log", static_requires=["flit_core<4"]
+    )
     hanging = _hang_project(tmp_path / "hang")
     with Client(process.address, autostart=False) as client:
         session = client.open_session("fault6")
         session.metadata(str(source)).result()
+        [idle] = env_dirs(process.state_dir)
         busy = client.open_session("fault6-busy")
         call = busy.metadata(str(hanging))
         hook, _ = _hook_pids(hanging)
-        orphans = env_dirs(process.state_dir)
-        assert len(orphans) == 2
+        [leased] = [p for p in env_dirs(process.state_dir) if p != idle]
         process.stop(signal.SIGKILL)
         call.cancel()
-    assert all(path.exists() for path in orphans)
+    assert idle.exists() and leased.exists()
 
     again = make_daemon(root=process.root)
-    assert not any(path.exists() for path in orphans)
+    # The idle store instance is complete and kept; the one a hook held when
+    # the daemon died is in an unknown state and deleted.
+    assert env_dirs(process.state_dir) == [idle]
     wait_until(lambda: not group_members(hook), "the orphaned hook's group to go", 10)
     assert leftovers(process.state_dir) == []
     with Client(again.address, autostart=False) as client:
@@ -436,14 +449,16 @@ def test_fault8_environment_tampered_with(
     source = probe_project(tmp_path / "tampered", log, static_requires=["flit_core"])
     session = client.open_session("fault8")
     session.metadata(str(source)).result()
-    before = _only_env(client, session.id).path
+    old = _only_env(client, session.id)
+    before = old.path
     tamper(Path(before))
     # A cached answer runs nothing in the instance; the hooks must run here.
     result = session.metadata(str(source), no_cache=True).result()
     assert b"Name: tampered" in result.metadata
     after = _only_env(client, session.id)
-    assert after.path != before
-    assert not Path(before).exists()
+    # A new instance (it may take the slot, and so the path, of the tampered one).
+    assert after.id != old.id
+    assert read_probe_log(log)[-1]["instance"] == after.id
     assert read_probe_log(log)[-1]["prefix"] == after.path
     assert "flit-core" in after.requirements
     session.close()
@@ -467,9 +482,12 @@ def test_fault9_session_closed_during_a_call(client: Client, tmp_path: Path) -> 
     result = call.result()
     assert b"Name: held" in result.metadata
     assert {r["prefix"] for r in read_probe_log(log)} == {leased.path}
-    # ...then the environment and the session's folder are deleted.
-    session_dir = Path(leased.path).parents[1]
-    wait_until(lambda: not session_dir.exists(), "the session's folder to go", 10)
+    # ...then the session's folder is deleted, and the environment is back in
+    # its principal's store, idle.
+    session_dir = client.status().daemon.state_dir + f"/sessions/{session.id}"
+    wait_until(lambda: not Path(session_dir).exists(), "the session's folder to go", 10)
+    stored = {e.path: e.state for row in client.status().store for e in row.environments}
+    assert stored[leased.path] == pb.ENVIRONMENT_STATE_IDLE
 
 
 def test_fault9_expiry_waits_for_a_running_call(make_daemon: MakeDaemon, tmp_path: Path) -> None:
@@ -488,10 +506,12 @@ def test_fault9_expiry_waits_for_a_running_call(make_daemon: MakeDaemon, tmp_pat
         env = Path(records[0]["prefix"])
         assert {r["prefix"] for r in records} == {str(env)}
         # Only once the call is over does the idle clock run out.
-        wait_until(lambda: not env.exists(), "the expired session's environment to go", 10)
+        wait_until(
+            lambda: leftovers(process.state_dir) == [], "the expired session's folder to go", 10
+        )
         with pytest.raises(RequestFailed) as gone:
             client.join_session(session.id)
         assert gone.value.status == grpc.StatusCode.NOT_FOUND
         assert "expired" in gone.value.message
-    # The session's folder goes right after its environment, in the same expiry.
-    wait_until(lambda: leftovers(process.state_dir) == [], "the expired session's folder to go", 10)
+    # Its environment stays in the principal's store.
+    assert (env / "buildd-env.json").is_file()

@@ -70,9 +70,20 @@ def _record(hook, started, **extra):
         # What a previous hook call set in its own environment: None unless
         # two calls shared one process.
         "inherited_marker": inherited,
+        # Which instance ran the call: paths are stable (the store reuses a
+        # slot's path for a new instance), the marker's id is not.
+        "instance": _instance_id(),
     }
     entry.update(extra)
     _append(config["log"], entry)
+
+
+def _instance_id():
+    try:
+        with open(os.path.join(sys.prefix, "buildd-env.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("id")
+    except (OSError, ValueError):
+        return None
 
 
 def _append(path, entry):
@@ -97,7 +108,7 @@ def _enter(hook):
     config = _config()
     if config.get("start_log"):
         # Written before the hold: a call killed mid-hook leaves this line only.
-        _append(config["start_log"], {"hook": hook, "pid": _host_pid(), "prefix": sys.prefix, "start": started})
+        _append(config["start_log"], {"hook": hook, "pid": _host_pid(), "prefix": sys.prefix, "instance": _instance_id(), "start": started})
     _INHERITED[hook] = os.environ.get("BUILDD_PROBE_MARKER")
     print(f"probe: {hook} starting in {sys.prefix} pid {_host_pid()}", flush=True)
     # Leaks into the next call only if the daemon reused this process.

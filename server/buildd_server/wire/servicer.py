@@ -31,6 +31,7 @@ from ..routing import check_session_header, header_session
 from . import decode, encode, failures
 from .limits import Limits
 from .status import StatusSource
+from .store_status import prune_store
 from .streams import Bridge, Calls
 
 if TYPE_CHECKING:
@@ -155,9 +156,11 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         def run(who: Principal) -> pb.CloseSessionResponse:
             check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             session = self._registry.close(request.session_id, principal=who.name)
-            deleted, pending = self._service.last_end_counts(session.id)
+            deleted, pending, stored = self._service.last_end_counts(session.id)
             return pb.CloseSessionResponse(
-                environments_deleted=deleted, environments_pending=pending
+                environments_deleted=deleted,
+                environments_pending=pending,
+                environments_stored=stored,
             )
 
         return await self._unary(context, run)
@@ -250,6 +253,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             return self.status_source.status(request.session_id, who)
 
         return await self._unary(context, run, blocking=False)
+
+    async def PruneStore(
+        self, request: pb.PruneStoreRequest, context: Context
+    ) -> pb.PruneStoreResponse:
+        # Deletes folders: in the executor, off the event loop.
+        return await self._unary(context, lambda who: prune_store(self._service, request, who))
 
     async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownResponse:
         def run(who: Principal) -> pb.ShutdownResponse:
