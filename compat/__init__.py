@@ -1,1 +1,1 @@
-"""The compatibility corpus and its checker, ``python compat/run.py``."""
+"""The compatibility corpus and its checker: ``python compat/run.py`` (see run.py)."""

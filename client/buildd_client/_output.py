@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from buildd.v1 import buildd_pb2 as pb
@@ -50,7 +51,10 @@ class Progress:
 
     def __call__(self, event: pb.Event) -> None:
         kind = event.WhichOneof("kind")
-        if kind == "log" and self.logs:
+        if kind == "warning":
+            # Shown even with --quiet, like a failure: the project needs fixing.
+            self.stream.write(f"{PROG}: warning: {event.warning.message}\n")
+        elif kind == "log" and self.logs:
             self.stream.write(event.log.text + "\n")
         elif kind == "phase" and self.phases:
             self.stream.write(f"[{event.phase.elapsed_seconds:6.1f}s] {_phase_text(event.phase)}\n")
@@ -89,6 +93,45 @@ def _state(value: int) -> str:
     return name.removeprefix("ENVIRONMENT_STATE_").lower()
 
 
+def _environment_json(env: pb.EnvironmentInfo) -> dict[str, Any]:
+    return {
+        "id": env.id,
+        "path": env.path,
+        "key_id": env.key_id,
+        "interpreter": env.interpreter,
+        "python_version": env.python_version,
+        "requirements": list(env.requirements),
+        "state": _state(env.state),
+        "hook_calls": env.hook_calls,
+        "created_at": env.created_at,
+        "last_used_at": env.last_used_at,
+        "sources": list(env.sources),
+        "slot": env.slot,
+        "size_bytes": env.size_bytes,
+        "principal": env.principal,
+        "store_key_id": env.store_key_id,
+    }
+
+
+def size_text(size: int) -> str:
+    """``12.3 MiB``: a byte count for people."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - the loop returns
+
+
+def prune_to_json(response: pb.PruneStoreResponse) -> dict[str, Any]:
+    """The shape ``buildd-client store prune --json`` prints."""
+    return {
+        "environments_removed": response.environments_removed,
+        "bytes_freed": response.bytes_freed,
+        "environments_kept": response.environments_kept,
+    }
+
+
 def status_to_json(status: pb.StatusResponse) -> dict[str, Any]:
     """The shape ``buildd-client status --json`` prints (a public contract)."""
     daemon = status.daemon
@@ -104,6 +147,11 @@ def status_to_json(status: pb.StatusResponse) -> dict[str, Any]:
             "max_envs_per_key": daemon.max_envs_per_key,
             "draining": daemon.draining,
             "daemon_id": daemon.daemon_id,
+            "store_enabled": daemon.store_enabled,
+            "store_size_limit_bytes": daemon.store_size_limit_bytes,
+            "store_ttl_seconds": daemon.store_ttl_seconds,
+            "store_bytes": daemon.store_bytes,
+            "store_environments": daemon.store_environments,
         },
         "principal": status.principal,
         "admin": status.admin,
@@ -115,24 +163,21 @@ def status_to_json(status: pb.StatusResponse) -> dict[str, Any]:
                 "last_active_at": session.last_active_at,
                 "keepalives": session.keepalives,
                 "principal": session.principal,
-                "environments": [
-                    {
-                        "id": env.id,
-                        "path": env.path,
-                        "key_id": env.key_id,
-                        "interpreter": env.interpreter,
-                        "python_version": env.python_version,
-                        "requirements": list(env.requirements),
-                        "state": _state(env.state),
-                        "hook_calls": env.hook_calls,
-                        "created_at": env.created_at,
-                        "last_used_at": env.last_used_at,
-                        "sources": list(env.sources),
-                    }
-                    for env in session.environments
-                ],
+                "environments": [_environment_json(env) for env in session.environments],
             }
             for session in status.sessions
+        ],
+        "store": [
+            {
+                "principal": row.principal,
+                "key_id": row.key_id,
+                "slots": [env.slot for env in row.environments],
+                "size_bytes": row.size_bytes,
+                "last_used_at": row.last_used_at,
+                "hook_calls": row.hook_calls,
+                "environments": [_environment_json(env) for env in row.environments],
+            }
+            for row in status.store
         ],
     }
 
@@ -167,4 +212,27 @@ def status_text(status: pb.StatusResponse) -> str:
             )
             if env.requirements:
                 lines.append(f"      requires: {', '.join(env.requirements)}")
+    lines += _store_text(status)
     return "\n".join(lines) + "\n"
+
+
+def _store_text(status: pb.StatusResponse) -> list[str]:
+    daemon = status.daemon
+    if not daemon.store_enabled:
+        return ["store: off (--no-store)"]
+    days = daemon.store_ttl_seconds / 86400
+    lines = [
+        f"store: {daemon.store_environments} environments, {size_text(daemon.store_bytes)} "
+        f"of {size_text(daemon.store_size_limit_bytes)}, kept {days:g} days unused"
+    ]
+    for row in status.store:
+        slots = ", ".join(f"{env.slot} {_state(env.state)}" for env in row.environments)
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.last_used_at))
+        who = f" of {row.principal}" if row.principal != status.principal else ""
+        lines.append(
+            f"  key {row.key_id}{who}: slots {slots}; {size_text(row.size_bytes)}, "
+            f"last used {used}, {row.hook_calls} hook calls"
+        )
+        if row.environments and row.environments[0].requirements:
+            lines.append(f"      requires: {', '.join(row.environments[0].requirements)}")
+    return lines

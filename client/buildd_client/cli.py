@@ -3,6 +3,7 @@
     buildd-client [--address ADDR] [--session ID] [-q | -v]
                   [--tls-ca PEM] [--tls-cert PEM --tls-key PEM] [--token-file FILE] COMMAND
       session open | session close [ID] | metadata [SRC] | build [SRC] | status
+      | store prune [--older-than DURATION] [--json] | health | shutdown
 
 On a daemon that is not local (or with --upload) metadata and build pack the
 source, upload it by digest and download the artifacts (docs/remote.md).
@@ -79,6 +80,23 @@ def _config_setting(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
     return key, value
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _SECONDS else "s"
+    try:
+        number = float(value[:-1] if value[-1:] in _SECONDS else value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 7d, 12h, 30m or 90s"
+        ) from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return number * _SECONDS[unit]
 
 
 def parse_config_settings(pairs: Sequence[tuple[str, str]]) -> dict[str, str | list[str]]:
@@ -176,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         "open", help="print a new session id on stdout, nothing else", formatter_class=_Formatter
     ).set_defaults(handler=_session_open)
     close = session_commands.add_parser(
-        "close", help="end a session; its environments are deleted", formatter_class=_Formatter
+        "close",
+        help="end a session; its environments stay in the store (--no-store: deleted)",
+        formatter_class=_Formatter,
     )
     close.add_argument("id", nargs="?", metavar="ID")
     close.set_defaults(handler=_session_close)
@@ -187,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     _add_build_options(metadata)
-    metadata.add_argument("--json", action="store_true", help="print a JSON object (PEP 566)")
+    metadata.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object, exactly as `python -m build --metadata` does",
+    )
     metadata.add_argument(
         "--watch",
         action="store_true",
@@ -215,6 +239,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=_status)
+
+    store = commands.add_parser(
+        "store", help="your environments kept across sessions", formatter_class=_Formatter
+    )
+    store_commands = store.add_subparsers(dest="store_command", metavar="ACTION")
+    store_commands.required = True
+    prune = store_commands.add_parser(
+        "prune",
+        help="delete idle environments of your store (leased ones are never touched)",
+        formatter_class=_Formatter,
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="only those unused for this long, e.g. 7d, 12h, 30m (default: every idle one)",
+    )
+    prune.add_argument("--json", action="store_true", help="print one JSON object")
+    prune.set_defaults(handler=_store_prune)
 
     health = commands.add_parser(
         "health", help="exit 0 only when the daemon is serving", formatter_class=_Formatter
@@ -331,8 +375,9 @@ def _session_close(args: argparse.Namespace) -> int:
         response = client.close_session(session_id)
     if not args.quiet:
         sys.stderr.write(
-            f"closed session {session_id}: {response.environments_deleted} environments "
-            f"deleted, {response.environments_pending} to delete when their hook ends\n"
+            f"closed session {session_id}: {response.environments_stored} environments "
+            f"kept in the store, {response.environments_deleted} deleted, "
+            f"{response.environments_pending} still running a hook\n"
         )
     return EXIT_OK
 
@@ -346,10 +391,8 @@ def _metadata(args: argparse.Namespace) -> int:
         from buildd_client._watching import watch_metadata
 
         return watch_metadata(args, _client(args, autostart=True), _session, _python(args))
-    import json
-
     from buildd_client._uploads import packed_source, run_call
-    from buildd_client.metadata_json import metadata_to_json
+    from buildd_client.metadata_json import metadata_json
 
     with _client(args, autostart=True) as client, contextlib.ExitStack() as stack:
         session = _session(client, args)
@@ -367,8 +410,7 @@ def _metadata(args: argparse.Namespace) -> int:
             ),
         )
     if args.json:
-        text = json.dumps(metadata_to_json(result.metadata), indent=2, ensure_ascii=False)
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(metadata_json(result.metadata) + "\n")
     else:
         sys.stdout.flush()
         sys.stdout.buffer.write(result.metadata)
@@ -431,6 +473,25 @@ def _status(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(_output.status_to_json(status), indent=2) + "\n")
     else:
         sys.stdout.write(_output.status_text(status))
+    return EXIT_OK
+
+
+def _store_prune(args: argparse.Namespace) -> int:
+    import json
+
+    from buildd_client import _output
+
+    # No auto-start: a daemon started now would have nothing to prune.
+    with _client(args, autostart=False) as client:
+        response = client.prune_store(args.older_than)
+    if args.json:
+        sys.stdout.write(json.dumps(_output.prune_to_json(response), indent=2) + "\n")
+    else:
+        sys.stdout.write(
+            f"removed {response.environments_removed} environments "
+            f"({_output.size_text(response.bytes_freed)}), "
+            f"{response.environments_kept} kept\n"
+        )
     return EXIT_OK
 
 

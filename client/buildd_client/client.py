@@ -209,7 +209,7 @@ class Client:
                 _write_sessions(folder / SESSIONS_FILE, stored)
 
     def close_session(self, session_id: str) -> pb.CloseSessionResponse:
-        """End a session by id; its environments are deleted."""
+        """End a session by id; its environments stay in the store (or are deleted: --no-store)."""
         try:
             response = self._unary(
                 self._stub.CloseSession, pb.CloseSessionRequest(session_id=session_id)
@@ -248,6 +248,16 @@ class Client:
         """The interpreters the daemon can build with, and where it found each."""
         response = self._unary(self._stub.ListInterpreters, pb.ListInterpretersRequest())
         return list(response.interpreters)
+
+    def prune_store(
+        self, older_than: float = 0.0, *, all_principals: bool = False
+    ) -> pb.PruneStoreResponse:
+        """Delete the idle environments of the caller's store unused for ``older_than`` s.
+
+        0 means every idle one; ``all_principals`` (admins) prunes every store.
+        """
+        request = pb.PruneStoreRequest(older_than_seconds=older_than, all_principals=all_principals)
+        return self._unary(self._stub.PruneStore, request)
 
     def shutdown(self, grace: float = 0.0) -> pb.ShutdownResponse:
         """Ask the daemon to drain and stop; returns once the drain has begun."""

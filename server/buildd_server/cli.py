@@ -50,6 +50,25 @@ def size(text: str) -> int:
     return int(number * _UNITS[unit])
 
 
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``90s``, ``3600``: seconds (a bare number is seconds)."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _SECONDS else "s"
+    number_text = value[:-1] if value[-1:] in _SECONDS else value
+    try:
+        number = float(number_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 7d, 12h, 30m or 90s"
+        ) from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return number * _SECONDS[unit]
+
+
 def _path(text: str) -> Path:
     return Path(text).expanduser().resolve()
 
@@ -134,6 +153,32 @@ def _add_remote_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    """The per-principal store of environments (docs/configuration.md)."""
+    group = parser.add_argument_group("environment store")
+    group.add_argument(
+        "--store-size",
+        type=size,
+        default=size(_env("STORE_SIZE", "5G")),
+        metavar="SIZE",
+        help="bytes the stored environments may take on disk; least recently used idle "
+        "ones are evicted past it (default: 5G)",
+    )
+    group.add_argument(
+        "--store-ttl",
+        type=duration,
+        default=duration(_env("STORE_TTL", "7d")),
+        metavar="DURATION",
+        help="how long an idle stored environment is kept unused, e.g. 7d, 12h (default: 7d)",
+    )
+    group.add_argument(
+        "--no-store",
+        action="store_true",
+        default=_env_flag("NO_STORE"),
+        help="delete each session's environments when it ends, as before the store",
+    )
+
+
 def _add_cap_options(parser: argparse.ArgumentParser) -> None:
     """What one principal may hold at once (docs/configuration.md#per-principal-caps)."""
     group = parser.add_argument_group("per-principal caps (see docs/configuration.md)")
@@ -157,7 +202,8 @@ def _add_cap_options(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="buildd-server",
-        description="Serve warm, session-scoped PEP 517 build environments over gRPC.",
+        description="Serve warm PEP 517 build environments over gRPC, kept per principal "
+        "across sessions.",
     )
     parser.add_argument("--version", action="version", version=f"buildd-server {__version__}")
     parser.add_argument(
@@ -274,10 +320,21 @@ def _parser() -> argparse.ArgumentParser:
         help="start every hook as a plain subprocess, never as a fork of a warm "
         "per-environment fork server (see docs/performance.md)",
     )
+    _add_store_options(parser)
+    parser.add_argument(
+        "--containment",
+        choices=("auto", "pid", "sandbox", "none"),
+        default=_env("CONTAINMENT", "auto"),
+        help="how hook calls and installs are contained: pid (a PID namespace per call), "
+        "sandbox (plus a bubblewrap sandbox), none; auto (default): sandbox for remote "
+        "principals and pid for local ones, as far as the machine allows "
+        "(see docs/configuration.md)",
+    )
     parser.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a non-loopback TCP address without TLS and tokens",
+        help="allow a non-loopback TCP address without TLS and tokens, and a loopback one "
+        "without any token",
     )
     parser.add_argument(
         "--daemon-id",
@@ -311,6 +368,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error(f"--log-format {args.log_format!r}: choose from console, json, auto")
     if args.installer not in ("auto", "pip", "uv"):
         parser.error(f"--installer {args.installer!r}: choose from auto, pip, uv")
+    if args.containment not in ("auto", "pid", "sandbox", "none"):
+        parser.error(f"--containment {args.containment!r}: choose from auto, pid, sandbox, none")
     for name in ("session_ttl", "hook_timeout"):
         if getattr(args, name) <= 0:
             _parser().error(f"--{name.replace('_', '-')} must be positive")
@@ -321,6 +380,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error("--blob-cache-size, --max-source-size and --max-source-files must be positive")
     if args.max_source_ratio < 1:
         parser.error("--max-source-ratio must be at least 1")
+    if args.store_size < 1 or args.store_ttl <= 0:
+        parser.error("--store-size and --store-ttl must be positive")
     for name in ("streams", "sessions", "uploads", "watches"):
         if getattr(args, f"max_{name}_per_principal") < 1:
             parser.error(f"--max-{name}-per-principal must be at least 1")
@@ -356,6 +417,10 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         insecure=args.insecure,
         metrics_address=args.metrics_address,
         fork_server=not args.no_fork_server,
+        containment=args.containment,
+        store=not args.no_store,
+        store_size=args.store_size,
+        store_ttl=args.store_ttl,
         # In a Kubernetes StatefulSet the host name is the pod name (buildd-0...).
         daemon_id=args.daemon_id or socket.gethostname()[:64],
         tls_cert=args.tls_cert,

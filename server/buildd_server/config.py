@@ -103,8 +103,18 @@ class Config:
     source_limits: SourceLimits = field(default_factory=SourceLimits)
     # Warm hook calls fork from a per-environment fork server (zygotes.py).
     fork_server: bool = True
+    # Environments outlive sessions in per-principal stores (store.py); off:
+    # each session's environments are deleted when it ends.
+    store: bool = True
+    # Bytes the stores may take on disk together, and seconds an idle stored
+    # environment is kept unused.
+    store_size: int = 5 << 30
+    store_ttl: float = 7 * 86400.0
     caps: PrincipalCaps = field(default_factory=PrincipalCaps)
     # Open WatchMetadata streams per session (watches.py).
     max_watches_per_session: int = 64
+    # How hook calls and installs are contained (containment.py):
+    # auto, pid, sandbox or none.
+    containment: str = "auto"
     # This daemon's name among several behind one proxy (docs/scale-out.md).
     daemon_id: str = ""

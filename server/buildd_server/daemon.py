@@ -38,8 +38,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 
+from . import containment, zygotes
+from .access import LocalToken, check_folder
 from .auth import Authenticator, check_listen, server_credentials
 from .blobs import BlobStore
+from .bytecode import COMPILER
 from .environments import Environment, EnvironmentFactory
 from .errors import DaemonStartupError
 from .installers import select_installer
@@ -48,6 +51,8 @@ from .pool import Pool
 from .reflection import enable_reflection
 from .service import BuildService
 from .sessions import Session, SessionRegistry
+from .store import Store
+from .storekeeper import StoreKeeper
 from .wire.limits import TRANSPORT_LIMIT, Limits
 from .wire.servicer import Servicer
 from .wire.streams import Blocking, EventLoopThread
@@ -83,6 +88,7 @@ class Daemon:
         self._health = health.aio.HealthServicer()
         self._grace: float | None = None
         self.metrics_port = 0
+        self._local_token: LocalToken | None = None
 
     # -------------------------------------------------------------- start --
 
@@ -93,10 +99,20 @@ class Daemon:
         self.auth = Authenticator.from_config(self.config)
         self._tls = server_credentials(self.config)
         check_listen(self.address, self.auth, self._tls is not None, self.config.insecure)
+        if (
+            self.address.kind == "tcp"
+            and self.address.is_local
+            and not self.auth.tokens_configured
+            and not self.config.insecure
+        ):
+            # Loopback TCP reaches every local user: only this user gets the token.
+            self._local_token = LocalToken()
+            self.auth.add_local_token(self._local_token.value)
         self._take_state_dir()
         installer = select_installer(self.config.installer)
         sessions_root = self.config.state_dir / "sessions"
         sessions_root.mkdir(mode=0o700, exist_ok=True)
+        containment.configure(self._containment(installer.name))
 
         factory = EnvironmentFactory(
             self.config.state_dir,
@@ -105,9 +121,13 @@ class Daemon:
             fork_server=self.config.fork_server,
         )
         holder: list[BuildService] = []
+        keepers: list[StoreKeeper] = []
 
         def destroy(env: Environment) -> None:
             holder[0].destroy_environment(env)
+
+        def validate(env: Environment) -> bool:
+            return keepers[0].validate(env)
 
         def on_end(session: Session) -> None:
             holder[0].session_ended(session)
@@ -116,12 +136,23 @@ class Daemon:
             max_per_key=self.config.max_envs_per_key,
             max_total=self.config.max_envs,
             destroy=destroy,
-            validate=factory.validate,
+            validate=validate,
         )
         self.registry = SessionRegistry(
             sessions_root, self.config.session_ttl, on_end, daemon_id=self.config.daemon_id
         )
         self.metrics = Metrics()
+        self.store = Store(self.config.state_dir / "envs", enabled=self.config.store)
+        self.keeper = StoreKeeper(
+            self.store,
+            self.pool,
+            factory,
+            self.metrics,
+            max_bytes=self.config.store_size,
+            ttl=self.config.store_ttl,
+        )
+        keepers.append(self.keeper)
+        factory.on_resized = self.keeper.changed
         self.blobs = BlobStore(
             self.config.state_dir / "blobs",
             self.config.blob_cache_size,
@@ -135,8 +166,13 @@ class Daemon:
             installer.name,
             self.metrics,
             blobs=self.blobs,
+            store=self.store,
+            keeper=self.keeper,
         )
         holder.append(self.service)
+        if self.config.store:
+            # Before serving: a request must never meet an instance twice.
+            self.keeper.adopt()
         self._blocking = futures.ThreadPoolExecutor(
             max_workers=self.config.max_workers, thread_name_prefix="buildd-blocking"
         )
@@ -160,6 +196,7 @@ class Daemon:
             environments=self._environment_counts,
             active_calls=lambda: self.servicer.calls.active,
             held=self.limits.totals,
+            store_bytes=(lambda: self.keeper.usage()[0]) if self.config.store else None,
         )
         # Everything that can refuse to start does so before the socket exists.
         if self.config.metrics_address:
@@ -167,6 +204,9 @@ class Daemon:
         self._events = EventLoopThread()
         self._server = self._events.call(self._serve())
         self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
+        if self.config.store:
+            # Often enough that an idle instance outlives --store-ttl by at most a quarter.
+            self.keeper.start(min(30.0, max(0.2, self.config.store_ttl / 4)))
         log.info(
             "daemon_started",
             address=self.address.target,
@@ -177,9 +217,32 @@ class Daemon:
             tls=self._tls is not None,
             client_certificates=self.config.tls_client_ca is not None,
             principals=self.auth.principals or ["local"],
+            local_token=str(self._local_token.path) if self._local_token else None,
             admins=list(self.config.admins),
             allow_paths=[str(p) for p in self.auth.allow_paths],
             caps=dataclasses.asdict(self.config.caps),
+        )
+
+    def _containment(self, installer: str) -> containment.Policy:
+        """Probe and fix how hooks and installs are contained (refuses what cannot be had)."""
+        config = self.config
+        secrets = [p for p in (config.token_file, config.tls_key) if p is not None]
+        if self.address.kind == "unix" and self.address.path:
+            secrets.append(Path(self.address.path))
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / installer
+        with contextlib.suppress(OSError):
+            cache.mkdir(parents=True, exist_ok=True)
+        choice = config.containment
+        assert choice in containment.CHOICES
+        return containment.detect(
+            choice,
+            state_dir=config.state_dir,
+            remote_possible=config.token_file is not None or not self.address.is_local,
+            hidden_files=secrets,
+            install_readable=[
+                Path(link) for link in config.installer_options.find_links if "://" not in link
+            ],
+            install_writable=[cache] if cache.is_dir() else [],
         )
 
     async def _serve(self) -> grpc.aio.Server:
@@ -236,6 +299,7 @@ class Daemon:
             probe.unlink()
         except OSError as exc:
             raise DaemonStartupError(f"state dir {state} is not writable: {exc.strerror}") from exc
+        check_folder(state, "state dir")
         lock = filelock.FileLock(str(state / "daemon.lock"))
         try:
             lock.acquire(timeout=0)
@@ -253,7 +317,7 @@ class Daemon:
         # run (each in its own process group): stop them before deleting the
         # environments they run in.
         sessions = state / "sessions"
-        killed = _kill_processes_under(sessions)
+        killed = _kill_processes_under(sessions) + _kill_processes_under(state / "envs")
         reclaimed = 0
         if sessions.is_dir():
             for child in sessions.iterdir():
@@ -269,6 +333,8 @@ class Daemon:
         metrics: Metrics | None = getattr(self, "metrics", None)
         if metrics is not None:
             metrics.stop()
+        if self._local_token is not None:
+            self._local_token.remove()
         if self._events is not None:
             self._events.close()
         if self._blocking is not None:
@@ -291,6 +357,7 @@ class Daemon:
                 ensure_private_dir(path.parent)
             elif not path.parent.is_dir():
                 raise DaemonStartupError(f"--address: folder {path.parent} does not exist")
+            check_folder(path.parent, "--address: the socket's folder")
             _clear_stale_socket(path)
             old_umask = os.umask(0o177)
             try:
@@ -317,6 +384,8 @@ class Daemon:
             raise DaemonStartupError(f"--address: cannot listen on {address.target}")
         if address.port == 0:
             self.address = parse_address(f"{address.host}:{port}")
+        if self._local_token is not None:
+            self._local_token.write(port)
 
     # --------------------------------------------------------------- run --
 
@@ -371,10 +440,17 @@ class Daemon:
             self._blocking.shutdown(wait=True, cancel_futures=True)
         self.metrics.stop()
         self.registry.stop_reaper()
+        # Sessions end as they do on close: stored instances are checked and
+        # kept; then the processes that run from them go.
         self.registry.end_all()
+        self.keeper.stop()
+        zygotes.REGISTRY.stop_all()
+        COMPILER.stop_all()
         if self.address.kind == "unix" and self.address.path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)
+        if self._local_token is not None:
+            self._local_token.remove()
         shutil.rmtree(self.config.state_dir / "sessions", ignore_errors=True)
         if self._lock is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -1,41 +1,72 @@
 """Build environments on disk: create, fill, check and delete one instance.
 
-An environment is a virtualenv made by virtualenv for one interpreter, filled
-by one installer with the requirements of its key, compiled to bytecode once,
-and described by ``buildd-env.json``. Its fingerprint (every file of
-site-packages: path, size, mtime) lets ``validate`` notice, cheaply, that a
-hook or a person changed it (rule 5).
+An environment is a virtual environment for one interpreter (venvs.py),
+filled by one installer with the requirements of its key, and described by
+``buildd-env.json``, its *marker*: written last, when the instance is
+complete, and taken away while an install changes it, so that an instance
+without a marker is half-made and reclaimed at start (rule 7). The marker
+records what validation compares on every borrow (rule 5): the interpreter
+(its file's size and mtime), the key, and the digest of every installed file
+(manifest.py); markers.py reads and writes it. Bytecode is compiled in the
+background (bytecode.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
-import hashlib
-import json
 import os
 import secrets
 import shutil
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import errors, zygotes
+import structlog
+
+from . import containment, errors, manifest, markers, zygotes
+from .bytecode import COMPILER, Compiler
 from .events import Emit, Event, Log, LogSource, Phase
-from .installers import Installer, base_environment
+from .markers import LEASE_FILE, METADATA_FILE, OFF_FILE, mark_leased, unmark_leased
 from .processes import TAIL_LINES, mentions_enospc, run_process
+from .venvs import make_venv
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from .config import InstallerOptions
+    from .installers import Installer
     from .interpreters import Interpreter
     from .keys import EnvKey
 
-METADATA_FILE = "buildd-env.json"
+log = structlog.get_logger("buildd.environments")
+
+__all__ = [
+    "LEASE_FILE",
+    "METADATA_FILE",
+    "Environment",
+    "EnvironmentFactory",
+    "Placement",
+    "mark_leased",
+    "unmark_leased",
+]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new instance goes, who holds it, and the cache it may hard-link from."""
+
+    path: Path
+    owner: str
+    principal: str = "local"
+    # The key id at creation (the folder of the store it lives in) and its
+    # slot number there; "" and -1 for an instance outside the store.
+    key_dir: str = ""
+    slot: int = -1
+    cache_dir: Path | None = None
 
 
 @dataclass
@@ -50,10 +81,30 @@ class Environment:
     site_packages: Path
     created_at: float
     last_used_at: float
+    # The digest of its files (manifest.py) as recorded when it was made.
     fingerprint: str
     hook_calls: int = 0
     # Whether warm hook calls may fork from a fork server (zygotes.py).
     fork_server: bool = False
+    owner: str = ""
+    principal: str = "local"
+    key_dir: str = ""
+    slot: int = -1
+    cache_dir: Path | None = None
+    # Bytes on disk (manifest.Survey.size_bytes), measured after each change.
+    size_bytes: int = 0
+    # (size, mtime_ns) of the base interpreter's file when the instance was made.
+    interpreter_stamp: tuple[int, int] = (0, 0)
+    # How long the last validation took, in seconds (reported on the next lease).
+    validation_seconds: float = 0.0
+    # The session that made it ("" when found on disk at start): a lease by
+    # any other session adopts it from the store.
+    created_by: str = ""
+
+    @property
+    def in_store(self) -> bool:
+        return bool(self.key_dir)
+
     # Set once destroyed: what it answered is no longer reused (hookcache.py).
     retired: bool = False
 
@@ -73,6 +124,7 @@ class EnvironmentFactory:
         options: InstallerOptions,
         *,
         fork_server: bool = True,
+        compiler: Compiler = COMPILER,
     ) -> None:
         # root holds what the factory shares between environments: virtualenv's
         # app-data (its unpacked seed wheels), so that user settings of
@@ -81,6 +133,9 @@ class EnvironmentFactory:
         self.installer = installer
         self.options = options
         self.fork_server = fork_server
+        self.compiler = compiler
+        # Told when an instance's size changed after its bytecode was compiled.
+        self.on_resized: Callable[[Environment], None] | None = None
 
     # ------------------------------------------------------------ create --
 
@@ -88,19 +143,20 @@ class EnvironmentFactory:
         self,
         key: EnvKey,
         interpreter: Interpreter,
-        owner_dir: Path,
+        placement: Placement,
         *,
         emit: Emit,
         cancel: threading.Event,
+        backend: str = "",
+        party: str = "",
     ) -> Environment:
-        """A new instance of ``key`` in ``owner_dir/<id>``, installed and compiled.
+        """A new instance of ``key`` at ``placement.path``, installed, marked complete.
 
-        Raises InstallFailed, ResourceExhausted (disk full) or Cancelled; on
-        any failure the partial folder is gone.
+        ``backend``: an installed backend module whose imports are compiled
+        first. Raises InstallFailed, ResourceExhausted (disk full) or
+        Cancelled; on any failure the partial folder is gone.
         """
-        # Short ids keep shebang lines of console scripts under the kernel's limit.
-        env_id = secrets.token_hex(6)
-        path = owner_dir / env_id
+        path = placement.path
         started = time.monotonic()
         phase = Phase(
             "creating_environment", key_id=key.id, environment_path=str(path), step="start"
@@ -108,15 +164,29 @@ class EnvironmentFactory:
         emit(phase)
         try:
             _check_cancel(cancel, f"creating environment {path}")
-            owner_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            python, site_packages = self._make_venv(path, interpreter)
+            if os.path.lexists(path):
+                shutil.rmtree(path)  # a leftover nobody holds (the slot was free)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            python, site_packages = make_venv(
+                path,
+                interpreter,
+                self.installer,
+                app_data=self.root / "virtualenv-app-data",
+                cache_dir=placement.cache_dir,
+            )
+            venv_done = time.monotonic()
             _check_cancel(cancel, f"creating environment {path}")
             if key.requirements:
-                self._install(python, path, key.id, key.requirements, emit=emit, cancel=cancel)
-            self._compile(python, site_packages, path, emit=emit, cancel=cancel)
+                self._install(
+                    python, path, key.id, key.requirements, placement.cache_dir, emit, cancel
+                )
+            install_done = time.monotonic()
+            # Made now, so that the background compile adding it later does
+            # not change site-packages' mtime (which fork servers watch).
+            (site_packages / "__pycache__").mkdir(exist_ok=True)
             now = time.time()
             env = Environment(
-                id=env_id,
+                id=secrets.token_hex(6),
                 path=path,
                 key=key,
                 interpreter=interpreter,
@@ -126,25 +196,36 @@ class EnvironmentFactory:
                 last_used_at=now,
                 fingerprint="",
                 fork_server=self.fork_server,
+                owner=placement.owner,
+                principal=placement.principal,
+                key_dir=placement.key_dir,
+                slot=placement.slot,
+                cache_dir=placement.cache_dir,
+                interpreter_stamp=markers.stamp(interpreter.executable),
+                created_by=party,
             )
-            _write_metadata(env)
-            env.fingerprint = site_fingerprint(site_packages)
+            found = manifest.survey(str(path))
+            env.fingerprint, env.size_bytes = found.digest, found.size_bytes
+            markers.write(env)
         except BaseException as exc:
             shutil.rmtree(path, ignore_errors=True)
-            if isinstance(exc, errors.BuilddError):
+            mapped = _mapped(exc, f"creating environment {path} for {interpreter.executable}", path)
+            if mapped is exc:
                 raise
-            if _is_enospc(exc):
-                raise errors.ResourceExhausted(
-                    f"no space left on device while creating environment {path}: {exc}",
-                    path=str(path),
-                ) from exc
-            if isinstance(exc, Exception):
-                raise errors.InstallFailed(
-                    f"creating environment {path} for {interpreter.executable} failed: {exc}",
-                    path=str(path),
-                ) from exc
-            raise
+            raise mapped from exc
         emit(_ended(phase, started))
+        log.info(
+            "environment_created",
+            env=env.id,
+            path=str(path),
+            key=key.id,
+            venv_seconds=round(venv_done - started, 4),
+            install_seconds=round(install_done - venv_done, 4),
+            survey_seconds=round(time.monotonic() - install_done, 4),
+            files=found.files,
+            size_bytes=found.size_bytes,
+        )
+        self.compile(env, backend)
         return env
 
     def install(
@@ -153,71 +234,60 @@ class EnvironmentFactory:
         """Add (already normalised) requirements to ``env``; it then carries the larger key."""
         # Its backend, imported before the install, may be what the install replaces.
         zygotes.stop(env.id, "installing")
+        self.compiler.stop(env.id)
+        marker = env.path / METADATA_FILE
         try:
-            self._install(env.python, env.path, env.key.id, requirements, emit=emit, cancel=cancel)
+            # No marker while the files change: a crash now leaves a half-made instance.
+            os.replace(marker, env.path / OFF_FILE)
+            self._install(
+                env.python, env.path, env.key.id, requirements, env.cache_dir, emit, cancel
+            )
             env.key = env.key.with_requirements(requirements)
-            _write_metadata(env)
-            env.fingerprint = site_fingerprint(env.site_packages)
-        except OSError as exc:
-            if _is_enospc(exc):
-                raise errors.ResourceExhausted(
-                    f"no space left on device while installing into {env.path}: {exc}",
-                    path=str(env.path),
-                ) from exc
-            raise errors.InstallFailed(
-                f"installing {', '.join(requirements)} into {env.path} failed: {exc}",
-                path=str(env.path),
-            ) from exc
+            found = manifest.survey(str(env.path))
+            env.fingerprint, env.size_bytes = found.digest, found.size_bytes
+            markers.write(env)
+            (env.path / OFF_FILE).unlink(missing_ok=True)
+        except BaseException as exc:
+            # Unchanged after all (the installer stopped before touching it): keep it whole.
+            with contextlib.suppress(OSError):
+                if manifest.digest(str(env.path)) == env.fingerprint:
+                    os.replace(env.path / OFF_FILE, marker)
+            mapped = _mapped(exc, f"installing {', '.join(requirements)} into {env.path}", env.path)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        self.compile(env)
 
     # ---------------------------------------------------------- validate --
 
     def validate(self, env: Environment) -> bool:
-        """Whether ``env`` is still exactly what was created: no process is started."""
+        """Whether ``env`` is still exactly what was made: no process is started."""
+        started = time.perf_counter()
         try:
-            if not os.access(env.python, os.X_OK):  # follows the link to the base python
-                return False
-            meta = json.loads((env.path / METADATA_FILE).read_text(encoding="utf-8"))
-            if meta.get("id") != env.id or meta.get("key_id") != env.key.id:
-                return False
-            return site_fingerprint(env.site_packages) == env.fingerprint
-        except (OSError, ValueError, AttributeError):
-            return False
+            valid = (
+                markers.stamp(env.interpreter.executable) == env.interpreter_stamp
+                and os.access(env.python, os.X_OK)  # follows the link to the base python
+                and markers.matches(env)
+                and manifest.digest(str(env.path)) == env.fingerprint
+            )
+        except (OSError, ValueError, AttributeError, TypeError):
+            valid = False
+        env.validation_seconds = time.perf_counter() - started
+        return valid
 
     def destroy(self, env: Environment) -> None:
+        # First the processes that run from the folder, then the folder.
+        self.compiler.stop(env.id)
         # First the process that runs from the folder, then the folder.
         env.retired = True
         zygotes.stop(env.id, "destroyed")
         shutil.rmtree(env.path, ignore_errors=True)
 
+    def load(self, path: Path, owner: str) -> Environment | None:
+        """The instance described by ``path``'s marker (not validated); None if unmarked."""
+        return markers.load(path, owner, fork_server=self.fork_server)
+
     # ---------------------------------------------------------- internals --
-
-    def _make_venv(self, path: Path, interpreter: Interpreter) -> tuple[Path, Path]:
-        from virtualenv import cli_run
-
-        args = [
-            str(path),
-            "--python",
-            interpreter.executable,
-            "--no-download",
-            "--no-periodic-update",
-            "--app-data",
-            str(self.root / "virtualenv-app-data"),
-            # Activation scripts, .gitignore and PEP 832 redirect files are
-            # for people; nothing reads them here.
-            "--activators",
-            "",
-            "--no-vcs-ignore",
-            "--no-venv-redirect",
-        ]
-        if self.installer.seeds_pip:
-            args += ["--pip", "bundle", "--no-setuptools"]
-        else:
-            args.append("--no-seed")
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUALENV_")}
-        environ["VIRTUALENV_CONFIG_FILE"] = os.devnull
-        session = cli_run(args, setup_logging=False, env=environ)
-        creator = session.creator
-        return Path(creator.exe), Path(creator.purelib)
 
     def _install(
         self,
@@ -225,7 +295,7 @@ class EnvironmentFactory:
         path: Path,
         key_id: str,
         requirements: Sequence[str],
-        *,
+        cache_dir: Path | None,
         emit: Emit,
         cancel: threading.Event,
     ) -> None:
@@ -240,12 +310,15 @@ class EnvironmentFactory:
             step="start",
         )
         emit(phase)
-        argv, environ = self.installer.command(python, requirements, self.options)
+        argv, environ = self.installer.command(
+            python, requirements, self.options, cache_dir=cache_dir
+        )
         label = f"{self.installer.name} installing {listed} into {path}"
         try:
             result = run_process(
                 argv,
                 env=environ,
+                confine=containment.Confinement(environment=path, install=True),
                 label=label,
                 hook="install",
                 emit=_from_source(emit, "installer"),
@@ -275,72 +348,31 @@ class EnvironmentFactory:
             )
         emit(_ended(phase, started))
 
-    def _compile(
-        self, python: Path, site_packages: Path, path: Path, *, emit: Emit, cancel: threading.Event
-    ) -> None:
-        # Once, here: hooks may run with PYTHONDONTWRITEBYTECODE=1 and would
-        # otherwise compile the backend on every call. The installers compile
-        # what they install; this catches what virtualenv seeded (pip).
-        argv = [str(python), "-I", "-m", "compileall", "-q", str(site_packages)]
-        result = run_process(
-            argv,
-            env=base_environment(),
-            label=f"compiling {site_packages}",
-            hook="install",
-            emit=_from_source(emit, "compiler"),
-            cancel=cancel,
+    def compile(self, env: Environment, backend: str = "") -> None:
+        """Compile ``env``'s bytecode in the background (what is compiled already is skipped)."""
+
+        def done(finished: bool) -> None:
+            if not finished:
+                return
+            with contextlib.suppress(OSError):
+                env.size_bytes = manifest.survey(str(env.path)).size_bytes
+            if self.on_resized is not None:
+                self.on_resized(env)
+
+        self.compiler.start(env.id, env.path, env.python, env.site_packages, backend, on_done=done)
+
+
+def _mapped(exc: BaseException, what: str, path: Path) -> BaseException:
+    """The typed error for a failure while ``what`` (creating or installing)."""
+    if isinstance(exc, errors.BuilddError):
+        return exc
+    if _is_enospc(exc):
+        return errors.ResourceExhausted(
+            f"no space left on device while {what}: {exc}", path=str(path)
         )
-        if result.returncode != 0 and any(mentions_enospc(x) for x in result.last_lines):
-            raise errors.ResourceExhausted(
-                f"no space left on device while compiling {path}",
-                path=str(path),
-                last_lines=result.last_lines,
-            )
-        # Any other failure is a file that does not compile (test data in
-        # Python 2 syntax, say): its import was never going to work anyway.
-
-
-def site_fingerprint(site_packages: Path) -> str:
-    """sha256 over (relative path, size, mtime_ns) of every file but bytecode caches.
-
-    Runs on every borrow, so it stays to one scandir per folder and one lstat
-    per file (about 3 ms for a setuptools environment).
-    """
-    root = str(site_packages)
-    cut = len(root) + 1
-    entries: list[str] = []
-    stack = [root]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name != "__pycache__":
-                        stack.append(entry.path)
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                entries.append(f"{entry.path[cut:]}\0{st.st_size}\0{st.st_mtime_ns}")
-    entries.sort()
-    return hashlib.sha256("\n".join(entries).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _write_metadata(env: Environment) -> None:
-    key = env.key
-    data = {
-        "id": env.id,
-        "key_id": key.id,
-        "interpreter": list(key.interpreter),
-        "requirements": list(key.requirements),
-        "installer": key.installer,
-        "installer_options": [list(pair) for pair in key.installer_options],
-        "isolation": key.isolation,
-        "created_at": env.created_at,
-        "daemon_pid": os.getpid(),
-        "daemon_python": sys.executable,
-    }
-    target = env.path / METADATA_FILE
-    scratch = target.with_suffix(".tmp")
-    scratch.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(scratch, target)
+    if isinstance(exc, Exception):
+        return errors.InstallFailed(f"{what} failed: {exc}", path=str(path))
+    return exc
 
 
 def _ended(phase: Phase, started: float) -> Phase:

@@ -147,6 +147,10 @@ class BackendFailed(BuilddError):
     kind = pb.FAILURE_KIND_BACKEND_FAILED
 
 
+class ArtifactInvalid(BackendFailed):
+    """A hook exited 0 but what it produced fails the artifact checks (checks.py)."""
+
+
 class HookMissing(BuilddError):
     """A mandatory hook is missing from the backend."""
 
@@ -192,11 +196,25 @@ class PermissionDenied(BuilddError):
     kind = pb.FAILURE_KIND_PERMISSION_DENIED
 
 
+class BlobCorrupt(BuilddError):
+    """A cached upload no longer matches its digest; it has been evicted."""
+
+    status = grpc.StatusCode.DATA_LOSS
+    kind = pb.FAILURE_KIND_BLOB_CORRUPT
+
+
 class Unauthenticated(BuilddError):
     """The call carries no token, or one the daemon does not know."""
 
     status = grpc.StatusCode.UNAUTHENTICATED
     kind = pb.FAILURE_KIND_UNAUTHENTICATED
+
+
+class StoreDisabled(BuilddError):
+    """A store operation on a daemon started with --no-store."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    kind = pb.FAILURE_KIND_INVALID_REQUEST
 
 
 class DaemonStartupError(Exception):

@@ -16,9 +16,11 @@ PhaseName = Literal[
     "creating_environment",
     "installing_requirements",
     "environment_leased",
+    "environment_adopted",
     "running_hook",
     "hook_finished",
     "artifact_written",
+    "artifact_checked",
     "cache_hit",
 ]
 
@@ -42,6 +44,10 @@ class Phase:
     hook: str = ""
     count: int = 0
     step_seconds: float = 0.0
+    # The instance's slot in its principal's store (-1: not in a store).
+    slot: int = -1
+    # How long validating the instance took before this lease (0: not validated).
+    validation_seconds: float = 0.0
     step: PhaseStep = "instant"
     outcome: HookOutcome = ""
     # The source fingerprint a cached answer was given for (cache_hit).
@@ -58,7 +64,21 @@ class Log:
     source: LogSource = "hook"
 
 
-Event = Phase | Log
+WarningKind = Literal["near_miss", "unknown_key"]
+
+
+@dataclass(frozen=True)
+class BuildWarning:
+    """Something about the project the user likely wants to fix; the request goes on."""
+
+    kind: WarningKind
+    message: str
+    path: str = ""
+    field: str = ""
+    suggestion: str = ""
+
+
+Event = Phase | Log | BuildWarning
 Emit = Callable[[Event], None]
 
 

@@ -73,8 +73,15 @@ class Installer(Protocol):
         ...
 
     def command(
-        self, env_python: Path, requirements: Sequence[str], options: InstallerOptions
-    ) -> tuple[list[str], dict[str, str]]: ...
+        self,
+        env_python: Path,
+        requirements: Sequence[str],
+        options: InstallerOptions,
+        *,
+        cache_dir: Path | None = None,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The install command; ``cache_dir``: a private cache to hard-link files from."""
+        ...
 
 
 def base_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -108,8 +115,14 @@ class PipInstaller:
     seeds_pip: bool = True
 
     def command(
-        self, env_python: Path, requirements: Sequence[str], options: InstallerOptions
+        self,
+        env_python: Path,
+        requirements: Sequence[str],
+        options: InstallerOptions,
+        *,
+        cache_dir: Path | None = None,
     ) -> tuple[list[str], dict[str, str]]:
+        # pip copies every file: it has no cache to link from (cache_dir unused).
         environ = os.environ
         env = base_environment(environ)
         # os.devnull is pip's documented switch to skip every config file,
@@ -123,7 +136,9 @@ class PipInstaller:
             "--isolated",
             "--no-input",
             "--disable-pip-version-check",
-            "--compile",
+            # Bytecode is compiled in the background, after the install
+            # (bytecode.py): the first hook need not wait for all of it.
+            "--no-compile",
             "--progress-bar",
             "off",
             "--no-color",
@@ -146,7 +161,12 @@ class UvInstaller:
     seeds_pip: bool = False
 
     def command(
-        self, env_python: Path, requirements: Sequence[str], options: InstallerOptions
+        self,
+        env_python: Path,
+        requirements: Sequence[str],
+        options: InstallerOptions,
+        *,
+        cache_dir: Path | None = None,
     ) -> tuple[list[str], dict[str, str]]:
         environ = os.environ
         env = base_environment(environ)
@@ -159,13 +179,9 @@ class UvInstaller:
             "--no-config",
             "--python",
             str(env_python),
-            # Hooks run with PYTHONDONTWRITEBYTECODE=1 on some machines: without
-            # .pyc files every hook call would compile the backend again.
-            "--compile-bytecode",
-            # Hard links into uv's cache would let a backend that edits its own
-            # files (or a cache prune) change another environment.
-            "--link-mode",
-            "copy",
+            # No --compile-bytecode: bytecode is compiled in the background
+            # (bytecode.py), the first hook need not wait for all of it.
+            *_link_flags(cache_dir),
             "--no-progress",
             "--color",
             "never",
@@ -174,6 +190,28 @@ class UvInstaller:
             *requirements,
         ]
         return argv, env
+
+    def venv_command(
+        self, interpreter: str, path: Path, *, cache_dir: Path | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """``uv venv``: a bare virtual environment (no pip) in a few milliseconds."""
+        argv = [self.uv, "venv", "--no-config", "--no-project", "--no-python-downloads"]
+        argv += ["--python", interpreter, "--quiet", "--color", "never"]
+        if cache_dir is not None:
+            argv += ["--cache-dir", str(cache_dir)]
+        return [*argv, "--", str(path)], base_environment()
+
+
+def _link_flags(cache_dir: Path | None) -> list[str]:
+    if cache_dir is None:
+        # Hard links into a cache that is not ours (the user's) would let a
+        # backend that edits its own files change that cache, and every
+        # environment made from it.
+        return ["--link-mode", "copy"]
+    # A cache private to the principal (store.py): its files are hard-linked,
+    # so an install copies nothing; a change to a linked file is seen by
+    # validation (manifest.py) and the cache is then cleared.
+    return ["--cache-dir", str(cache_dir), "--link-mode", "hardlink"]
 
 
 def find_uv() -> str | None:

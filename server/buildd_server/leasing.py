@@ -10,19 +10,21 @@ is discarded unless it can be proven intact (rule 5).
 
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import structlog
 
-from . import errors
-from .events import Emit, Log, Phase
+from . import errors, zygotes
+from .environments import Placement, mark_leased, unmark_leased
+from .events import Emit, Event, Phase
 from .hooks import Hooks
 from .pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable, Iterator
 
     from .environments import Environment, EnvironmentFactory
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from .requests import Request, SourceState
     from .sessions import Session
     from .sources import Project
+    from .store import Store
+    from .storekeeper import StoreKeeper
 
 log = structlog.get_logger("buildd.leasing")
 
@@ -53,7 +57,12 @@ def hold_source(
 
 
 class Leaser:
-    """Turns a request context into a lease on an environment instance."""
+    """Turns a request context into a lease on an environment instance.
+
+    With the store, instances belong to the session's principal (the pool's
+    owner) and the session is the party that leases them; with ``--no-store``
+    the session is both, and its instances live in its own folder.
+    """
 
     def __init__(
         self,
@@ -61,11 +70,21 @@ class Leaser:
         factory: EnvironmentFactory,
         metrics: Metrics,
         hook_timeout: float,
+        store: Store,
+        keeper: StoreKeeper | None = None,
     ) -> None:
         self.pool = pool
         self.factory = factory
         self.metrics = metrics
         self.hook_timeout = hook_timeout
+        self.store = store
+        self.keeper = keeper
+        self._lock = threading.Lock()
+        # Per session: the instances it leased (checked when it ends).
+        self._used: dict[str, dict[int, Environment]] = {}
+
+    def owner_of(self, session: Session) -> str:
+        return session.principal if self.store.enabled else session.id
 
     def lease(self, ctx: RequestContext) -> Lease[Environment]:
         """Lease the source's own instance, or one of its key (creating it if needed)."""
@@ -73,10 +92,38 @@ class Leaser:
         lease = self._lease(ctx)
         self.metrics.leases.inc()
         self.metrics.lease_wait.observe(time.monotonic() - started)
+        env = lease.instance
+        with self._lock:
+            used = self._used.setdefault(ctx.session.id, {})
+            first = id(env) not in used
+            used[id(env)] = env
+        if first and env.in_store and env.created_by != ctx.session.id:
+            # Made by an earlier session or daemon run: the store kept it.
+            self.metrics.store_adoptions.labels(when="session").inc()
+            ctx.emit(
+                Phase(
+                    "environment_adopted",
+                    detail=f"created {_ago(env.created_at)}, last used {_ago(env.last_used_at)}",
+                    key_id=env.key.id,
+                    environment_path=str(env.path),
+                    slot=env.slot,
+                    validation_seconds=env.validation_seconds,
+                )
+            )
         return lease
 
+    def leased_by(self, session_id: str) -> set[int]:
+        with self._lock:
+            return set(self._used.get(session_id, ()))
+
+    def used(self, session_id: str) -> list[Environment]:
+        """The instances a session leased, forgotten with it."""
+        with self._lock:
+            return list(self._used.pop(session_id, {}).values())
+
     def _lease(self, ctx: RequestContext) -> Lease[Environment]:
-        owner = ctx.session.id
+        session = ctx.session
+        owner = self.owner_of(session)
 
         def on_wait() -> None:
             ctx.emit(Phase("waiting_for_environment", key_id=ctx.key.id))
@@ -93,34 +140,22 @@ class Leaser:
                     return self.pool.acquire_instance(
                         owner,
                         env,
+                        party=session.id,
                         deadline=ctx.request.deadline,
                         cancel=ctx.cancel,
                         on_wait=on_wait,
                     )
                 except InstanceGone:
-                    log.info("affinity_lost", session=owner[:8], env=env.id)
+                    log.info("affinity_lost", session=session.id[:8], env=env.id)
                     ctx.state.environment = None
                     ctx.state.forget_answers()
-            envs_dir = ctx.session.directory / "envs"
-
-            def create() -> Environment:
-                started = time.monotonic()
-                outcome = "failed"
-                try:
-                    env = self.factory.create(
-                        ctx.key, ctx.interpreter, envs_dir, emit=ctx.emit, cancel=ctx.cancel
-                    )
-                    outcome = "ok"
-                    return env
-                finally:
-                    self.metrics.creation.labels(outcome=outcome).observe(
-                        time.monotonic() - started
-                    )
-
+            prefer, slot = self._last_used(ctx, owner)
             return self.pool.acquire(
                 owner,
                 ctx.key,
-                create,
+                lambda: self._create(ctx, owner, slot),
+                party=session.id,
+                prefer=prefer,
                 deadline=ctx.request.deadline,
                 cancel=ctx.cancel,
                 on_wait=on_wait,
@@ -135,9 +170,60 @@ class Leaser:
             ) from exc
         except OwnerGone as exc:
             raise errors.SessionEnded(
-                f"session {owner[:8]}… ended while waiting",
-                metadata={"session_id": owner, "end_reason": ctx.session.end_reason or ""},
+                f"session {session.id[:8]}… ended while waiting",
+                metadata={"session_id": session.id, "end_reason": session.end_reason or ""},
             ) from exc
+
+    def _last_used(self, ctx: RequestContext, owner: str) -> tuple[Environment | None, int | None]:
+        """The instance the source used last in an earlier session, and its slot."""
+        if not self.store.enabled:
+            return None, None
+        last = self.store.last_slot(ctx.session.principal, ctx.request.source)
+        if last is None:
+            return None, None
+        key_dir, slot = last
+        for entry in self.pool.snapshot():
+            env = entry.instance
+            if (
+                entry.owner == owner
+                and (env.key_dir, env.slot) == last
+                and still_fits(env, ctx.key)
+            ):
+                return env, slot
+        # Gone (evicted, discarded): a new instance of the same key takes its slot.
+        return None, slot if key_dir == ctx.key.id else None
+
+    def _create(self, ctx: RequestContext, owner: str, slot: int | None) -> Environment:
+        session = ctx.session
+        if self.store.enabled:
+            placement = self.store.placement(session.principal, ctx.key.id, slot)
+        else:
+            placement = Placement(
+                path=session.directory / "envs" / secrets.token_hex(6),
+                owner=owner,
+                principal=session.principal,
+            )
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            with self.store.cache_in_use(session.principal):
+                env = self.factory.create(
+                    ctx.key,
+                    ctx.interpreter,
+                    placement,
+                    emit=ctx.emit,
+                    cancel=ctx.cancel,
+                    backend=_compile_first(ctx.project),
+                    party=session.id,
+                )
+            outcome = "ok"
+        finally:
+            self.metrics.creation.labels(outcome=outcome).observe(time.monotonic() - started)
+            if outcome != "ok" and placement.slot >= 0:
+                self.store.release(placement.principal, placement.key_dir, placement.slot)
+        if self.keeper is not None:
+            self.keeper.changed(env)
+        return env
 
 
 class RequestContext:
@@ -170,7 +256,7 @@ class RequestContext:
         self._emit = emit
         self._hook_started = 0.0
 
-    def emit(self, event: Phase | Log) -> None:
+    def emit(self, event: Event) -> None:
         """Pass an event on, counting finished hooks for the metrics on the way."""
         if isinstance(event, Phase):
             if event.name == "running_hook":
@@ -199,7 +285,21 @@ class RequestContext:
         """Lease an environment for a sequence of hook calls; discard it on doubt (rule 5)."""
         lease = self.leaser.lease(self)
         env = lease.instance
-        self.emit(Phase("environment_leased", key_id=env.key.id, environment_path=str(env.path)))
+        if env.in_store:
+            try:
+                mark_leased(env)
+            except BaseException:
+                lease.release()  # nothing ran in it: it stays as it was
+                raise
+        self.emit(
+            Phase(
+                "environment_leased",
+                key_id=env.key.id,
+                environment_path=str(env.path),
+                slot=env.slot,
+                validation_seconds=env.validation_seconds,
+            )
+        )
         hooks = Hooks(
             env,
             self.project,
@@ -211,9 +311,17 @@ class RequestContext:
         try:
             yield lease, hooks
             discard = False
-        except (errors.InvalidProject, errors.HookMissing, errors.BackendUnavailable) as exc:
-            # The hook process ended through the PEP 517 protocol itself: the
-            # instance was not touched, but prove it before keeping it.
+        except (
+            errors.InvalidProject,
+            errors.HookMissing,
+            errors.BackendUnavailable,
+            errors.ArtifactInvalid,
+            errors.ResourceExhausted,
+        ) as exc:
+            # The hook process ended through the PEP 517 protocol itself, or
+            # exited 0 with a broken artifact, or the disk is full (not the
+            # instance's fault): it may well be intact, so prove it before
+            # keeping it (a warm store instance is worth keeping).
             self.hook_failed(exc)
             discard = not self.leaser.factory.validate(env)
             raise
@@ -227,7 +335,13 @@ class RequestContext:
             else:
                 self.state.environment = env
             env.last_used_at = time.time()
+            if env.in_store:
+                unmark_leased(env)
+                if not discard:
+                    self.leaser.store.remember(env, self.request.source)
             lease.release(discard=discard)
+            if self.leaser.keeper is not None:
+                self.leaser.keeper.released()
 
 
 def still_fits(env: Environment, key: EnvKey) -> bool:
@@ -237,3 +351,22 @@ def still_fits(env: Environment, key: EnvKey) -> bool:
         and env.key.installer_options == key.installer_options
         and set(key.requirements) <= set(env.key.requirements)
     )
+
+
+def _compile_first(project: Project) -> str:
+    """The backend module whose imports to compile first: installed and import-safe only."""
+    module = project.backend.partition(":")[0].strip()
+    if project.backend_path or module not in zygotes.PREIMPORT_SAFE:
+        return ""
+    return module
+
+
+def _ago(when: float) -> str:
+    seconds = max(0.0, time.time() - when)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"

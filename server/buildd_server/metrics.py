@@ -63,6 +63,31 @@ class Metrics:
         )
         for direction in ("uploaded", "downloaded"):
             self.bytes.labels(direction=direction)
+        self.store_adoptions = Counter(
+            "buildd_store_adoptions",
+            "Store instances taken over: by a later session of their principal (session), "
+            "or from disk at daemon start (restart)",
+            ["when"],
+            registry=self.registry,
+        )
+        self.store_evictions = Counter(
+            "buildd_store_evictions",
+            "Idle store instances deleted, by reason (ttl, size, prune)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.store_validation_failures = Counter(
+            "buildd_store_validation_failures",
+            "Instances found changed and discarded, by when (borrow, adoption, session_end)",
+            ["when"],
+            registry=self.registry,
+        )
+        for when in ("session", "restart"):
+            self.store_adoptions.labels(when=when)
+        for reason in ("ttl", "size", "prune"):
+            self.store_evictions.labels(reason=reason)
+        for when in ("borrow", "adoption", "session_end"):
+            self.store_validation_failures.labels(when=when)
         self._server: object | None = None
         self._thread: threading.Thread | None = None
 
@@ -72,9 +97,10 @@ class Metrics:
         environments: Callable[[], dict[str, int]],
         active_calls: Callable[[], int],
         held: Callable[[], dict[str, int]] | None = None,
+        store_bytes: Callable[[], int] | None = None,
     ) -> None:
         """Register the scrape-time gauges."""
-        self.registry.register(_Live(sessions, environments, active_calls, held))
+        self.registry.register(_Live(sessions, environments, active_calls, held, store_bytes))
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP; returns the bound port (useful with port 0)."""
@@ -99,10 +125,12 @@ class _Live(Collector):
         environments: Callable[[], dict[str, int]],
         active_calls: Callable[[], int],
         held: Callable[[], dict[str, int]] | None,
+        store_bytes: Callable[[], int] | None,
     ) -> None:
         self._sessions = sessions
         self._environments = environments
         self._active_calls = active_calls
+        self._store_bytes = store_bytes
         self._held = held
 
     def collect(self) -> Iterator[Metric]:
@@ -116,6 +144,13 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             "buildd_active_calls", "Long calls running now", value=self._active_calls()
         )
+        if self._store_bytes is not None:
+            yield GaugeMetricFamily(
+                "buildd_store_bytes",
+                "Bytes on disk of the store: instances in full, plus the installer caches' "
+                "files no instance links",
+                value=self._store_bytes(),
+            )
         if self._held is not None:
             held = GaugeMetricFamily(
                 "buildd_held",

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .events import Emit, Log, Phase
+from .events import Emit, Event, Log
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -34,6 +34,9 @@ class Request:
     principal: str | None = None
     # Run every hook even when a cached answer is valid (hookcache.py).
     no_cache: bool = False
+    # Whether that principal is remote: its hooks and installs are then
+    # contained as containment.py's policy says for remote principals.
+    remote: bool = False
 
 
 @dataclass
@@ -112,7 +115,7 @@ def settings_id(settings: Mapping[str, str | list[str]]) -> str:
 
 
 def drop_logs(emit: Emit) -> Emit:
-    def quiet_emit(event: Phase | Log) -> None:
+    def quiet_emit(event: Event) -> None:
         if not isinstance(event, Log):
             emit(event)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import structlog
 
-from . import errors
+from . import checks, containment, errors
 from .artifacts import publish
 from .blobs import BlobStore, is_digest, unpack_upload
 from .events import Emit, Phase
@@ -42,6 +42,7 @@ from .requests import (
     settings_id,
 )
 from .sources import is_sdist, load_project, unpack_sdist
+from .store import Store
 from .treewatch import TreeWatchers
 from .watches import Watches
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from .keys import EnvKey
     from .pool import Lease, Pool
     from .sessions import Session, SessionRegistry
+    from .storekeeper import StoreKeeper
 
 log = structlog.get_logger("buildd.service")
 
@@ -81,6 +83,8 @@ class BuildService:
         installer_name: str,
         metrics: Metrics | None = None,
         blobs: BlobStore | None = None,
+        store: Store | None = None,
+        keeper: StoreKeeper | None = None,
     ) -> None:
         self._config = config
         self.metrics = metrics or Metrics()
@@ -93,8 +97,11 @@ class BuildService:
         self._lock = threading.Lock()
         self._sources: dict[str, dict[str, SourceState]] = {}
         self._in_flight: dict[str, int] = {}
-        self._end_counts: dict[str, tuple[int, int]] = {}
-        self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout)
+        self._end_counts: dict[str, tuple[int, int, int]] = {}
+        # Without a store given: session-only environments (--no-store).
+        self._store = store or Store(config.state_dir / "envs", enabled=False)
+        self._keeper = keeper
+        self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout, self._store, keeper)
         self.cache = HookCache()
         self.watches = Watches(
             registry,
@@ -207,30 +214,54 @@ class BuildService:
 
     # ------------------------------------------------------------- sessions --
 
-    def session_ended(self, session: Session) -> tuple[int, int]:
-        """Drop everything a session owns; called once when it ends, however it ends."""
+    def session_ended(self, session: Session) -> tuple[int, int, int]:
+        """Drop everything a session owns; called once when it ends, however it ends.
+
+        With the store, the idle instances it used are checked and stay in
+        its principal's store; with ``--no-store`` they are deleted.
+        Returns (deleted now, deleted or stored at release, stored now).
+        """
         self.watches.session_ended(session.id)
         with self._lock:
             self._sources.pop(session.id, None)
             busy = self._in_flight.get(session.id, 0)
-        deleted, pending = self._pool.drop_owner(session.id)
+        used = self._leaser.used(session.id)
+        if self._store.enabled and self._keeper is not None:
+            self._pool.end_party(session.id)
+            stored, deleted, pending = self._keeper.session_ended(session.id, used)
+        else:
+            stored = 0
+            deleted, pending = self._pool.drop_owner(session.id)
         if busy == 0:
             self._remove_session_dir(session)
         with self._lock:
             # Read back once by CloseSession; sessions that expire are never
             # asked about, so keep only the latest few.
-            self._end_counts[session.id] = (deleted, pending)
+            self._end_counts[session.id] = (deleted, pending, stored)
             while len(self._end_counts) > 64:
                 del self._end_counts[next(iter(self._end_counts))]
         log.info(
-            "session_ended", session=session.id[:8], envs_deleted=deleted, envs_pending=pending
+            "session_ended",
+            session=session.id[:8],
+            envs_deleted=deleted,
+            envs_pending=pending,
+            envs_stored=stored,
         )
-        return deleted, pending
+        return deleted, pending, stored
 
-    def last_end_counts(self, session_id: str) -> tuple[int, int]:
-        """(deleted now, deleted at release) of a session that just ended."""
+    @property
+    def keeper(self) -> StoreKeeper | None:
+        """The store's keeper; None with --no-store."""
+        return self._keeper if self._store.enabled else None
+
+    def leased_by(self, session_id: str) -> set[int]:
+        """ids of the instances a live session has leased so far (for status)."""
+        return self._leaser.leased_by(session_id)
+
+    def last_end_counts(self, session_id: str) -> tuple[int, int, int]:
+        """(deleted now, at release, stored now) of a session that just ended."""
         with self._lock:
-            return self._end_counts.pop(session_id, (0, 0))
+            return self._end_counts.pop(session_id, (0, 0, 0))
 
     def sources_of(self, session_id: str, env: Environment) -> list[str]:
         """The sources of a session whose affinity points at ``env``."""
@@ -248,6 +279,9 @@ class BuildService:
         session's request, when its own session ends.
         """
         self._factory.destroy(env)
+        if env.in_store:
+            self._store.release(env.principal, env.key_dir, env.slot)
+            return
         session_dir = env.path.parent.parent
         if session_dir.parent != self._config.state_dir / "sessions" or any(
             session.directory == session_dir for session in self._registry.all()
@@ -274,7 +308,10 @@ class BuildService:
     ) -> T:
         if self.draining:
             raise errors.Unavailable("the daemon is shutting down and takes no new requests")
-        with self._registry.using(request.session_id, principal=request.principal) as session:
+        with (
+            self._registry.using(request.session_id, principal=request.principal) as session,
+            containment.caller(request.remote),
+        ):
             return self._run_in(session, request, emit, cancel, work)
 
     def _run_in(
@@ -343,6 +380,8 @@ class BuildService:
             origin=origin,
         )
         structlog.contextvars.bind_contextvars(key=key.id)
+        for warning in project.warnings:
+            emit(warning)
         emit(Phase("key_resolved", detail=project.backend, key_id=key.id))
         return RequestContext(
             self._leaser, request, session, state, project, interpreter, key, emit, cancel
@@ -363,6 +402,7 @@ class BuildService:
         dest = Path(tempfile.mkdtemp(prefix="sdist-", dir=self._work_dir(session)))
         try:
             root = unpack_sdist(path, dest)
+            checks.check_sdist_source(path, root)
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
@@ -412,8 +452,11 @@ class BuildService:
         )
         missing = [req for req in wanted if req not in env.key.requirements]
         if missing:
-            self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
+            with self._store.cache_in_use(env.principal):
+                self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
             lease.rekey(env.key)
+            if self._keeper is not None:
+                self._keeper.changed(env)
         self.cache.ran_requires(ctx, env, dist, before, dynamic)
         return dynamic
 
@@ -430,10 +473,14 @@ class BuildService:
             dist_info, from_wheel = hooks.prepare_metadata(
                 dist, directory, ctx.request.config_settings
             )
+            checks.check_prepared(directory / dist_info, dist, ctx.project)
             metadata = (directory / dist_info / "METADATA").read_bytes()
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
+        ctx.emit(
+            Phase("artifact_checked", detail=dist_info, hook=f"prepare_metadata_for_build_{dist}")
+        )
         # Usable for rule 6 and as a cached answer once the request confirmed
         # the tree held still (hookcache.py).
         prepared = Prepared(directory, dist_info, env.id, None, from_wheel, metadata)
@@ -462,7 +509,13 @@ class BuildService:
         return prepared.directory / prepared.dist_info
 
     def _build_one(
-        self, ctx: RequestContext, env: Environment, hooks: Hooks, dist: Dist, outdir: Path
+        self,
+        ctx: RequestContext,
+        env: Environment,
+        hooks: Hooks,
+        dist: Dist,
+        outdir: Path,
+        expected: Sequence[tuple[str, checks.Identity]] = (),
     ) -> ArtifactOutcome:
         staging = Path(tempfile.mkdtemp(prefix=f"build-{dist}-", dir=self._work_dir(ctx.session)))
         try:
@@ -475,6 +528,11 @@ class BuildService:
                     "output directory",
                     hook=f"build_{dist}",
                 )
+            # Nothing broken reaches the output folder, whoever asked for it.
+            checks.check_artifact(
+                dist, built, ctx.project, metadata_directory=metadata_directory, expected=expected
+            )
+            ctx.emit(Phase("artifact_checked", detail=name, hook=f"build_{dist}"))
             final, size, digest = publish(built, outdir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -487,7 +545,16 @@ class BuildService:
         unpack_root = Path(tempfile.mkdtemp(prefix="from-sdist-", dir=work))
         source_id = f"{ctx.request.source}\0from-sdist"
         try:
-            root = unpack_sdist(sdist, unpack_root)
+            try:
+                root = unpack_sdist(sdist, unpack_root)
+            except errors.InvalidProject as exc:
+                # The backend's own sdist, checked already: its fault, not the caller's.
+                raise errors.BackendFailed(
+                    f"hook build_sdist of backend {ctx.project.backend!r} wrote {sdist.name}, "
+                    f"which cannot be unpacked safely: {exc.message}",
+                    path=exc.path,
+                    hook="build_sdist",
+                ) from exc
             project = load_project(str(root))
             origin = f"{sdist.name}: build-system.requires"
             key = make_key(
@@ -509,9 +576,10 @@ class BuildService:
                 ctx.emit,
                 ctx.cancel,
             )
+            expected = [(f"the sdist {sdist.name}", checks.sdist_identity(sdist.name))]
             with sub.leased() as (lease, hooks):
                 self._dynamic_requirements(sub, lease, hooks, "wheel")
-                return self._build_one(sub, lease.instance, hooks, "wheel", outdir)
+                return self._build_one(sub, lease.instance, hooks, "wheel", outdir, expected)
         finally:
             self._forget_source(ctx.session.id, source_id)
             shutil.rmtree(unpack_root, ignore_errors=True)

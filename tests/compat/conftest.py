@@ -1,4 +1,4 @@
-"""The compatibility checks import the runner as ``compat.run`` from the repository root."""
+"""The compatibility checks import the ``compat`` package from the repository root."""
 
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ import pytest
 from pyproject_hooks import BuildBackendHookCaller
 
 from buildd_client import Client
-from compat import run as compat
+from compat import compare, frontends
+from compat.daemon import Daemon
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -166,14 +167,14 @@ def tool_links(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ),
         },
     )
-    assert compat.record_problems(wheel) == []
+    assert compare.record_problems(wheel) == []
     return folder
 
 
 @pytest.fixture(scope="module")
-def daemon(tool_links: Path) -> Iterator[compat.Daemon]:
-    index = compat.IndexOptions(index_url=None, find_links=(str(tool_links),), no_index=True)
-    process = compat.Daemon(index).start()
+def daemon(tool_links: Path) -> Iterator[Daemon]:
+    index = frontends.IndexOptions(index_url=None, find_links=(str(tool_links),), no_index=True)
+    process = Daemon(index).start()
     yield process
     process.cleanup()
 
@@ -200,7 +201,7 @@ def _tool_in_wheel(wheel: Path) -> dict[str, object]:
     return found
 
 
-def test_metadata_then_wheel_use_the_same_tool(daemon: compat.Daemon, tmp_path: Path) -> None:
+def test_metadata_then_wheel_use_the_same_tool(daemon: Daemon, tmp_path: Path) -> None:
     source = tool_project(tmp_path / "project")
     with Client(daemon.address, autostart=False) as client:
         session = client.open_session("compat/tool-path")
@@ -210,7 +211,6 @@ def test_metadata_then_wheel_use_the_same_tool(daemon: compat.Daemon, tmp_path: 
             cached = json.loads((source / "build" / "tool-cache.json").read_text())
             call = session.build(source, distributions=("wheel",), output_directory=tmp_path / "o")
             [artifact] = call.result().artifacts
-            # Still there while the session lives: the environment is the session's.
             assert os.path.exists(str(cached["path"]))
         finally:
             closed = session.close()
@@ -218,12 +218,13 @@ def test_metadata_then_wheel_use_the_same_tool(daemon: compat.Daemon, tmp_path: 
     assert used == cached
     # The tool came from a build environment of this daemon, not from the machine.
     assert str(used["path"]).startswith(str(daemon.root / "state"))
-    # ... and that environment, idle, was deleted when the session closed.
-    assert (closed.environments_deleted, closed.environments_pending) == (1, 0)
-    assert not os.path.exists(str(used["path"]))
+    # ... and that environment, idle, stays in the store when the session
+    # closes: the tool keeps its path for the principal's next session.
+    assert (closed.environments_stored, closed.environments_deleted) == (1, 0)
+    assert os.path.exists(str(used["path"]))
 
 
-def test_interleaved_sources_each_keep_their_tool(daemon: compat.Daemon, tmp_path: Path) -> None:
+def test_interleaved_sources_each_keep_their_tool(daemon: Daemon, tmp_path: Path) -> None:
     """Two sources with one key: metadata A, metadata B, then wheel A, wheel B."""
     sources = [tool_project(tmp_path / name) for name in ("a", "b")]
     with Client(daemon.address, autostart=False) as client:
@@ -248,9 +249,9 @@ def test_interleaved_sources_each_keep_their_tool(daemon: compat.Daemon, tmp_pat
 
 def _environment(path: Path, links: Path) -> Path:
     """A virtualenv holding compat-tool, made with uv like buildd's own environments."""
-    uv = compat.find_uv()
-    index = compat.IndexOptions(index_url=None, find_links=(str(links),), no_index=True)
-    env = compat.tool_environment(index, path.parent / f"{path.name}-config")
+    uv = frontends.find_uv()
+    index = frontends.IndexOptions(index_url=None, find_links=(str(links),), no_index=True)
+    env = frontends.tool_environment(index, path.parent / f"{path.name}-config")
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(path)], env=env, check=True)
     python = path / "bin" / "python"
     subprocess.run([uv, "pip", "install", "-q", "--python", str(python), TOOL], env=env, check=True)

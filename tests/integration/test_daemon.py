@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from buildd.v1 import buildd_pb2 as pb
 from buildd_client import Client, RequestFailed
 from support.daemon import DaemonProcess, short_tempdir
 from support.projects import probe_project, read_probe_log, setuptools_project
@@ -25,7 +26,23 @@ MakeDaemon = Callable[..., DaemonProcess]
 
 
 def _env_dirs(state_dir: Path) -> list[Path]:
-    return [p for p in (state_dir / "sessions").glob("*/envs/*") if p.is_dir()]
+    """Session environments (--no-store) and store instances."""
+    found = [p for p in (state_dir / "sessions").glob("*/envs/*") if p.is_dir()]
+    return found + [p for p in (state_dir / "envs").glob("*/*/*") if p.name.isdigit()]
+
+
+def _running_from(folder: Path) -> list[int]:
+    """Pids of processes whose command line names something under ``folder``."""
+    marker = os.fsencode(str(folder)) + b"/"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def _leftovers(state_dir: Path) -> list[Path]:
@@ -69,17 +86,26 @@ def test_invalid_address_is_refused(wheelhouse: Path) -> None:
     process.cleanup()
 
 
-def test_sigterm_finishes_cleanly_and_leaves_nothing(
-    make_daemon: MakeDaemon, tmp_path: Path
+@pytest.mark.parametrize("store", [True, False])
+def test_sigterm_finishes_cleanly_and_leaves_nothing_running(
+    make_daemon: MakeDaemon, tmp_path: Path, store: bool
 ) -> None:
-    process = make_daemon()
+    process = make_daemon([] if store else ["--no-store"])
     with Client(process.address, autostart=False) as client:
         session = client.open_session("sigterm")
-        session.metadata(str(setuptools_project(tmp_path / "p"))).result()
-        assert len(_env_dirs(process.state_dir)) == 1
+        # Twice: the second call runs in the environment's fork server.
+        for _ in range(2):
+            session.metadata(str(setuptools_project(tmp_path / "p"))).result()
+        [env] = _env_dirs(process.state_dir)
+        assert _running_from(env), "no fork server runs from the environment"
     assert process.stop(signal.SIGTERM) == 0
     assert not process.socket.exists()
     assert _leftovers(process.state_dir) == []
+    # The store keeps the instance, complete; nothing runs from it any more.
+    assert _env_dirs(process.state_dir) == ([env] if store else [])
+    assert (env / "buildd-env.json").is_file() == store
+    assert not (env / "buildd-lease").exists()
+    assert _running_from(process.state_dir) == []
 
 
 def test_sigterm_lets_a_running_call_finish(make_daemon: MakeDaemon, tmp_path: Path) -> None:
@@ -105,28 +131,47 @@ def test_sigterm_lets_a_running_call_finish(make_daemon: MakeDaemon, tmp_path: P
     assert _leftovers(process.state_dir) == []
 
 
-def test_sigkill_then_restart_reclaims_orphans(
+def test_sigkill_then_restart_reclaims_orphans_and_keeps_the_store(
     make_daemon: MakeDaemon, wheelhouse: Path, tmp_path: Path
 ) -> None:
     process = make_daemon()
+    source = setuptools_project(tmp_path / "p")
     with Client(process.address, autostart=False) as client:
         session = client.open_session("crash")
-        session.metadata(str(setuptools_project(tmp_path / "p"))).result()
+        session.metadata(str(source)).result()
         old_id = session.id
-    orphans = _env_dirs(process.state_dir)
-    assert len(orphans) == 1
+        (work,) = (process.state_dir / "sessions").iterdir()
+    [stored] = _env_dirs(process.state_dir)
     process.stop(signal.SIGKILL)
-    assert orphans[0].exists()
 
     again = make_daemon(root=process.root)
-    assert not orphans[0].exists()
+    # The session's own folder is reclaimed; the complete store instance stays.
+    assert not work.exists()
+    assert _env_dirs(process.state_dir) == [stored]
     with Client(again.address, autostart=False) as client:
         with pytest.raises(RequestFailed) as gone:
             client.join_session(old_id)
         assert gone.value.status == grpc.StatusCode.NOT_FOUND
         fresh = client.open_session("after-crash")
-        fresh.metadata(str(setuptools_project(tmp_path / "q"))).result()
+        events = list(fresh.metadata(str(source)))
+        adopted = [e.phase for e in events if e.phase.kind == pb.PHASE_KIND_ENVIRONMENT_ADOPTED]
+        assert [a.environment_path for a in adopted] == [str(stored)]
         fresh.close()
+
+
+def test_sigkill_then_restart_without_the_store_reclaims_everything(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    process = make_daemon(["--no-store"])
+    with Client(process.address, autostart=False) as client:
+        session = client.open_session("crash")
+        session.metadata(str(setuptools_project(tmp_path / "p"))).result()
+    orphans = _env_dirs(process.state_dir)
+    assert len(orphans) == 1
+    process.stop(signal.SIGKILL)
+    assert orphans[0].exists()
+    make_daemon(["--no-store"], root=process.root)
+    assert not orphans[0].exists()
 
 
 def test_health_and_reflection(daemon: DaemonProcess) -> None:
@@ -156,7 +201,10 @@ def test_unwritable_state_dir_is_refused(wheelhouse: Path) -> None:
 def test_restart_after_sigkill_stops_hooks_left_running(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
-    process = make_daemon()
+    # Uncontained (--containment none): a hook then outlives a killed daemon,
+    # and the next daemon's reclaim is what stops it. Contained hooks die
+    # with the daemon (tests/security/test_escapes.py).
+    process = make_daemon(["--containment", "none"])
     source = probe_project(tmp_path / "hang", tmp_path / "probe.log", hold=300)
     with Client(process.address, autostart=False) as client:
         session = client.open_session("orphan-hook")
@@ -171,13 +219,17 @@ def test_restart_after_sigkill_stops_hooks_left_running(
         call.cancel()
     # The hook runs in its own process group, so it outlived the daemon...
     assert _alive(hook_pid)
+    leased = _env_dirs(process.state_dir)
+    assert len(leased) == 1 and (leased[0] / "buildd-lease").exists()
     # ...until the next daemon on that state folder reclaims the orphans.
-    make_daemon(root=process.root)
+    make_daemon(["--containment", "none"], root=process.root)
     deadline = time.monotonic() + 10
     while _alive(hook_pid):
         assert time.monotonic() < deadline, f"hook {hook_pid} still runs"
         time.sleep(0.05)
     assert _leftovers(process.state_dir) == []
+    # Leased when the daemon died: its state is unknown, so it is not kept.
+    assert _env_dirs(process.state_dir) == []
 
 
 def _alive(pid: int) -> bool:

@@ -94,14 +94,22 @@ def test_metrics_change_when_work_happens(make_daemon: MakeDaemon, tmp_path: Pat
         assert during['buildd_errors_total{code="NOT_FOUND"}'] == 1
         assert during["buildd_lease_wait_seconds_count"] == 1
         assert 'buildd_bytes_total{direction="uploaded"}' in during
+        assert during["buildd_store_bytes"] > 0
+        assert during['buildd_store_validation_failures_total{when="borrow"}'] == 0
         session.close()
+        second = client.open_session("metrics-again")
+        second.metadata(str(setuptools_project(tmp_path / "p"))).result()
+        second.close()
     after = _metrics(port)
     assert after["buildd_sessions"] == 0
-    assert after['buildd_environments{state="idle"}'] == 0
+    # The store keeps the environment; the second session adopted it.
+    assert after['buildd_environments{state="idle"}'] == 1
+    assert after['buildd_store_adoptions_total{when="session"}'] == 1
+    assert after['buildd_environment_creation_seconds_count{outcome="ok"}'] == 1
 
 
 def test_health_and_shutdown_commands(make_daemon: MakeDaemon, tmp_path: Path) -> None:
-    process = make_daemon()
+    process = make_daemon(["--no-store"])
     with Client(process.address, autostart=False) as client:
         session = client.open_session("before-shutdown")
         session.metadata(str(probe_project(tmp_path / "p", tmp_path / "log"))).result()

@@ -1,8 +1,12 @@
 """design.md's eight rules, each shown with evidence from a probe backend.
 
-The probe records, for every hook call, its pid, ``sys.prefix``, start and end
-times and what it saw of its environment; the assertions are about those
-records, never about wall time.
+The probe records, for every hook call, its pid, ``sys.prefix``, the
+instance's id (paths are stable: a new instance may take the slot, and so the
+path, of a discarded one), start and end times and what it saw of its
+environment; the assertions are about those records, never about wall time.
+
+The shared daemon keeps a store: every test here runs as the principal
+``local``, so a test may lease an instance an earlier test left in the store.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,8 +167,9 @@ def test_rule5_failed_hook_discards_the_instance(client: Client, tmp_path: Path)
         session.metadata(str(source)).result()
     assert failure.value.kind == pb.FAILURE_KIND_BACKEND_FAILED
     assert any("probe asked to fail" in line for line in failure.value.last_lines)
-    first_prefix = read_probe_log(log)[0]["prefix"]
-    assert not Path(first_prefix).exists()
+    first = read_probe_log(log)[0]
+    assert first["instance"]
+    assert not Path(first["prefix"]).exists()
     assert client.status(session.id).sessions[0].environments == []
     # The next request works, in a new instance.
     (source / "probe.json").write_text(
@@ -172,7 +178,7 @@ def test_rule5_failed_hook_discards_the_instance(client: Client, tmp_path: Path)
         .replace('"fail": "prepare_metadata_for_build_wheel"', '"fail": null')
     )
     session.metadata(str(source)).result()
-    assert read_probe_log(log)[-1]["prefix"] != first_prefix
+    assert read_probe_log(log)[-1]["instance"] not in (None, first["instance"])
     session.close()
 
 
@@ -187,8 +193,12 @@ def test_rule5_tampered_environment_is_rebuilt(client: Client, tmp_path: Path) -
     result = session.metadata(str(source), no_cache=True).result()
     assert b"Name: demo-setuptools" in result.metadata
     envs = client.status(session.id).sessions[0].environments
-    assert [e.path for e in envs] != [env.path]
-    assert not Path(env.path).exists()
+    assert env.id not in [e.id for e in envs]
+    # The tampered instance is gone; a new one may have taken its slot (and path).
+    assert all(
+        "tampered" not in p.read_text()
+        for p in Path(env.path).glob("lib/python*/site-packages/setuptools/__init__.py")
+    )
     session.close()
 
 
@@ -205,29 +215,64 @@ def test_rule6_build_wheel_gets_the_prepared_metadata(client: Client, tmp_path: 
     session.close()
 
 
-def test_rule7_environments_belong_to_their_session(
+def test_rule7_environments_outlive_their_session_in_the_principals_store(
     client: Client, daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     log = tmp_path / "probe.log"
     source = probe_project(tmp_path / "own", log)
     one = client.open_session("rule7-one")
-    two = client.open_session("rule7-two")
     one.metadata(str(source)).result()
-    two.metadata(str(source)).result()
-    prefixes = [r["prefix"] for r in read_probe_log(log)]
-    assert prefixes[0] == prefixes[1] and prefixes[2] == prefixes[3]
-    assert prefixes[0] != prefixes[2]
-    assert Path(prefixes[0]).exists()
-    one.close()
-    assert not Path(prefixes[0]).exists()
-    assert Path(prefixes[2]).exists()
+    first = read_probe_log(log)[0]
+    # The path comes from principal, key and slot, never from the session.
+    assert one.id not in first["prefix"]
+    assert Path(first["prefix"]).relative_to(daemon.state_dir / "envs")
+    closed = one.close()
+    assert closed.environments_stored == 1 and closed.environments_deleted == 0
+    assert Path(first["prefix"]).exists()
+    assert not (daemon.state_dir / "sessions" / one.id).exists()
     with pytest.raises(RequestFailed) as gone:
         one.metadata(str(source)).result()
     assert gone.value.status == grpc.StatusCode.NOT_FOUND
+    # A later session of the same principal adopts the very instance.
+    two = client.open_session("rule7-two")
+    events = list(two.metadata(str(source)))
+    later = read_probe_log(log)[2:]
+    assert {r["instance"] for r in later} == {first["instance"]}
+    assert {r["prefix"] for r in later} == {first["prefix"]}
+    adopted = [e.phase for e in events if e.phase.kind == pb.PHASE_KIND_ENVIRONMENT_ADOPTED]
+    assert [a.environment_path for a in adopted] == [first["prefix"]]
+    assert not [e for e in events if e.phase.kind == pb.PHASE_KIND_CREATING_ENVIRONMENT]
     two.close()
-    assert not Path(prefixes[2]).exists()
-    for session in (one, two):
-        assert not (daemon.state_dir / "sessions" / session.id).exists()
+    assert not (daemon.state_dir / "sessions" / two.id).exists()
+
+
+def test_rule7_without_the_store_environments_end_with_their_session(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    process = make_daemon(["--no-store"])
+    log = tmp_path / "probe.log"
+    source = probe_project(tmp_path / "own", log)
+    with Client(process.address, autostart=False) as client:
+        one = client.open_session("rule7-one")
+        two = client.open_session("rule7-two")
+        one.metadata(str(source)).result()
+        two.metadata(str(source)).result()
+        prefixes = [r["prefix"] for r in read_probe_log(log)]
+        assert prefixes[0] == prefixes[1] and prefixes[2] == prefixes[3]
+        assert prefixes[0] != prefixes[2]
+        assert Path(prefixes[0]).exists()
+        closed = one.close()
+        assert (closed.environments_deleted, closed.environments_stored) == (1, 0)
+        assert not Path(prefixes[0]).exists()
+        assert Path(prefixes[2]).exists()
+        with pytest.raises(RequestFailed) as gone:
+            one.metadata(str(source)).result()
+        assert gone.value.status == grpc.StatusCode.NOT_FOUND
+        two.close()
+        assert not Path(prefixes[2]).exists()
+        for session in (one, two):
+            assert not (process.state_dir / "sessions" / session.id).exists()
+        assert not list((process.state_dir / "envs").glob("*/*/*"))
 
 
 def test_rule8_bad_input_is_a_clear_error_and_hurts_nobody(client: Client, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -37,18 +38,21 @@ def test_a_session_is_joined_by_id_from_another_client(
     with Client(daemon.address, autostart=False) as first:
         session = first.open_session("join-a")
         session.metadata(str(source)).result()
+        # The instance may come from the store with hook calls of earlier sessions.
+        [before] = first.status(session.id).sessions[0].environments
     with Client(daemon.address, autostart=False) as second:
         joined = second.join_session(session.id)
         joined.metadata(str(source), no_cache=True).result()
         [env] = second.status(session.id).sessions[0].environments
-        assert env.hook_calls == 4
+        assert env.id == before.id
+        assert env.hook_calls == before.hook_calls + 2
         joined.close()
 
 
-def test_idle_session_expires_and_its_environments_go(
+def test_idle_session_expires_and_without_the_store_its_environments_go(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
-    process = make_daemon(["--session-ttl", "1"])
+    process = make_daemon(["--session-ttl", "1", "--no-store"])
     log = tmp_path / "probe.log"
     source = probe_project(tmp_path / "p", log)
     with Client(process.address, autostart=False) as client:
@@ -71,11 +75,14 @@ def test_idle_session_expires_and_its_environments_go(
         _wait_until(lambda: not held_env.exists(), "the released session to expire")
 
 
-def test_phases_arrive_in_order_with_elapsed_times(client: Client, tmp_path: Path) -> None:
+def test_phases_arrive_in_order_with_elapsed_times(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    # A daemon of its own: an empty store, so the environment is created here.
+    process = make_daemon()
     source = setuptools_project(tmp_path / "phases")
-    session = client.open_session("phases")
-    call = session.metadata(str(source))
-    events = list(call)
+    with Client(process.address, autostart=False) as client:
+        session = client.open_session("phases")
+        events = list(session.metadata(str(source)))
+        session.close()
     kinds = [e.phase.kind for e in events if e.HasField("phase")]
     assert kinds[0] == pb.PHASE_KIND_KEY_RESOLVED
     assert pb.PHASE_KIND_CREATING_ENVIRONMENT in kinds
@@ -90,7 +97,6 @@ def test_phases_arrive_in_order_with_elapsed_times(client: Client, tmp_path: Pat
     assert any(e.HasField("log") and e.log.text for e in events)
     assert events[-1].HasField("result")
     assert sum(1 for e in events if e.HasField("result") or e.HasField("failure")) == 1
-    session.close()
 
 
 def test_quiet_requests_get_no_backend_lines(client: Client, tmp_path: Path) -> None:
@@ -163,6 +169,7 @@ def test_cancel_stops_the_hook_and_frees_the_instance(client: Client, tmp_path: 
             running = True
             break
     assert running and leased
+    leased_id = _instance_id(Path(leased))
     call.cancel()
     probe_project(source, log, hold=0)
     session.metadata(str(source)).result()
@@ -173,9 +180,14 @@ def test_cancel_stops_the_hook_and_frees_the_instance(client: Client, tmp_path: 
         "get_requires_for_build_wheel",
         "prepare_metadata_for_build_wheel",
     ]
-    assert records[0]["prefix"] != leased
-    assert not Path(leased).exists()
+    assert records[0]["instance"] not in (None, leased_id)
+    # Gone; a new instance may have taken its slot, and so its path.
+    assert not Path(leased).exists() or _instance_id(Path(leased)) != leased_id
     session.close()
+
+
+def _instance_id(path: Path) -> str:
+    return str(json.loads((path / "buildd-env.json").read_text())["id"])
 
 
 def _threads(pid: int) -> int:

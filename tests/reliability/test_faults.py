@@ -47,17 +47,30 @@ HOOK_TIMEOUT = 4
 GROUP_GONE_WITHIN = 5.0
 
 # get_requires hangs while a file "hang" exists, with a child in its group;
-# it writes "HOOK_PID CHILD_PID" to "pids" first.
+# it writes "HOOK_PID CHILD_PID GROUP" to "pids" first, as the machine sees
+# them (under the daemon's containment the hook has a PID namespace of its
+# own, where os.getpid() is that namespace's number; /proc is the machine's).
 HANG = """
-import subprocess, time
+import subprocess, sys, time
+
+_SLEEPER = (
+    "import os, time; open('child.tmp', 'w').write(os.readlink('/proc/self')); "
+    "os.replace('child.tmp', 'child.pid'); time.sleep(1000)"
+)
 
 def get_requires_for_build_wheel(config_settings=None):
     if os.path.exists("hang"):
-        child = subprocess.Popen(["sleep", "1000"])
+        if os.path.exists("child.pid"):
+            os.remove("child.pid")
+        subprocess.Popen([sys.executable, "-c", _SLEEPER])
+        while not os.path.exists("child.pid"):
+            time.sleep(0.01)
+        child = open("child.pid").read()
+        group = open("/proc/self/stat").read().rsplit(")", 1)[1].split()[2]
         with open("pids.tmp", "w") as out:
-            out.write(f"{os.getpid()} {child.pid}")
+            out.write(f"{os.readlink('/proc/self')} {child} {group}")
         os.replace("pids.tmp", "pids")
-        print("hanging with child", child.pid, flush=True)
+        print("hanging with child", child, flush=True)
         time.sleep(1000)
     return []
 """
@@ -99,11 +112,16 @@ def _hang_project(root: Path) -> Path:
 
 
 def _hook_pids(source: Path) -> tuple[int, int]:
+    """(the hook's process group, its child): both run, the child in the hook's group."""
     wait_until((source / "pids").exists, "the hook to start", 60)
-    hook, child = (int(text) for text in (source / "pids").read_text().split())
-    # The setup holds: the hook and its child run, in the hook's own group.
-    assert set(group_members(hook)) == {hook, child}
-    return hook, child
+    hook, child, group = (int(text) for text in (source / "pids").read_text().split())
+    # The setup holds: the hook and its child run in one group, which is the
+    # hook's own (uncontained) or its bubblewrap's (in a PID namespace).
+    assert {hook, child} <= set(group_members(group))
+    return group, child
+
+
+CREATING = pb.PHASE_KIND_CREATING_ENVIRONMENT
 
 
 def _only_env(client: Client, session_id: str) -> pb.EnvironmentInfo:
@@ -117,12 +135,17 @@ def _discarded(client: Client, session_id: str, path: str) -> bool:
 
 
 def _recover(client: Client, session: Session, source: Path, old_path: str) -> None:
-    """The next request works, in a new instance."""
+    """The next request works, in a new instance.
+
+    Paths are stable: a new instance may take the discarded one's slot, and so
+    its path; it was then created by this very request.
+    """
     for name in ("hang", "pids", "crash"):
         (source / name).unlink(missing_ok=True)
-    session.metadata(str(source)).result()
+    events = list(session.metadata(str(source)))
+    created = [e.phase.environment_path for e in events if e.phase.kind == CREATING]
     env = _only_env(client, session.id)
-    assert env.path != old_path
+    assert env.path != old_path or created == [old_path, old_path]
     assert env.state == pb.ENVIRONMENT_STATE_IDLE
 
 
@@ -291,22 +314,27 @@ def test_fault5_sigterm_with_work_in_flight(make_daemon: MakeDaemon, tmp_path: P
 
 def test_fault6_sigkill_then_restart(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     process = make_daemon()
-    source = probe_project(tmp_path / "warm", tmp_path / "probe.log")
+    # A key of its own: the hanging request cannot lease this idle instance.
+    source = probe_project(
+        tmp_path / "warm", tmp_path / "probe.log", static_requires=["flit_core<4"]
+    )
     hanging = _hang_project(tmp_path / "hang")
     with Client(process.address, autostart=False) as client:
         session = client.open_session("fault6")
         session.metadata(str(source)).result()
+        [idle] = env_dirs(process.state_dir)
         busy = client.open_session("fault6-busy")
         call = busy.metadata(str(hanging))
         hook, _ = _hook_pids(hanging)
-        orphans = env_dirs(process.state_dir)
-        assert len(orphans) == 2
+        [leased] = [p for p in env_dirs(process.state_dir) if p != idle]
         process.stop(signal.SIGKILL)
         call.cancel()
-    assert all(path.exists() for path in orphans)
+    assert idle.exists() and leased.exists()
 
     again = make_daemon(root=process.root)
-    assert not any(path.exists() for path in orphans)
+    # The idle store instance is complete and kept; the one a hook held when
+    # the daemon died is in an unknown state and deleted.
+    assert env_dirs(process.state_dir) == [idle]
     wait_until(lambda: not group_members(hook), "the orphaned hook's group to go", 10)
     assert leftovers(process.state_dir) == []
     with Client(again.address, autostart=False) as client:
@@ -421,14 +449,16 @@ def test_fault8_environment_tampered_with(
     source = probe_project(tmp_path / "tampered", log, static_requires=["flit_core"])
     session = client.open_session("fault8")
     session.metadata(str(source)).result()
-    before = _only_env(client, session.id).path
+    old = _only_env(client, session.id)
+    before = old.path
     tamper(Path(before))
     # A cached answer runs nothing in the instance; the hooks must run here.
     result = session.metadata(str(source), no_cache=True).result()
     assert b"Name: tampered" in result.metadata
     after = _only_env(client, session.id)
-    assert after.path != before
-    assert not Path(before).exists()
+    # A new instance (it may take the slot, and so the path, of the tampered one).
+    assert after.id != old.id
+    assert read_probe_log(log)[-1]["instance"] == after.id
     assert read_probe_log(log)[-1]["prefix"] == after.path
     assert "flit-core" in after.requirements
     session.close()
@@ -452,9 +482,12 @@ def test_fault9_session_closed_during_a_call(client: Client, tmp_path: Path) -> 
     result = call.result()
     assert b"Name: held" in result.metadata
     assert {r["prefix"] for r in read_probe_log(log)} == {leased.path}
-    # ...then the environment and the session's folder are deleted.
-    session_dir = Path(leased.path).parents[1]
-    wait_until(lambda: not session_dir.exists(), "the session's folder to go", 10)
+    # ...then the session's folder is deleted, and the environment is back in
+    # its principal's store, idle.
+    session_dir = client.status().daemon.state_dir + f"/sessions/{session.id}"
+    wait_until(lambda: not Path(session_dir).exists(), "the session's folder to go", 10)
+    stored = {e.path: e.state for row in client.status().store for e in row.environments}
+    assert stored[leased.path] == pb.ENVIRONMENT_STATE_IDLE
 
 
 def test_fault9_expiry_waits_for_a_running_call(make_daemon: MakeDaemon, tmp_path: Path) -> None:
@@ -473,10 +506,12 @@ def test_fault9_expiry_waits_for_a_running_call(make_daemon: MakeDaemon, tmp_pat
         env = Path(records[0]["prefix"])
         assert {r["prefix"] for r in records} == {str(env)}
         # Only once the call is over does the idle clock run out.
-        wait_until(lambda: not env.exists(), "the expired session's environment to go", 10)
+        wait_until(
+            lambda: leftovers(process.state_dir) == [], "the expired session's folder to go", 10
+        )
         with pytest.raises(RequestFailed) as gone:
             client.join_session(session.id)
         assert gone.value.status == grpc.StatusCode.NOT_FOUND
         assert "expired" in gone.value.message
-    # The session's folder goes right after its environment, in the same expiry.
-    wait_until(lambda: leftovers(process.state_dir) == [], "the expired session's folder to go", 10)
+    # Its environment stays in the principal's store.
+    assert (env / "buildd-env.json").is_file()

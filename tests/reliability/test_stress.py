@@ -142,10 +142,15 @@ class Monitor(threading.Thread):
 
     def _sample(self, client: Client) -> None:
         status = client.status()
+        # The caps hold per (principal, key) in the store, per (session, key) without it.
         per_key = Counter(
+            (env.principal, env.key_id) for row in status.store for env in row.environments
+        )
+        per_key.update(
             (session.session_id, env.key_id)
             for session in status.sessions
             for env in session.environments
+            if not env.store_key_id
         )
         self.max_total = max(self.max_total, sum(per_key.values()))
         self.max_per_key = max(self.max_per_key, max(per_key.values(), default=0))
@@ -222,10 +227,14 @@ def _run_fleet(
 def _overlaps(
     finished: list[dict[str, Any]], started: list[dict[str, Any]]
 ) -> tuple[int, int, int]:
-    """(overlapping pairs, starts after a killed call, killed calls) per instance."""
+    """(overlapping pairs, starts after a killed call, killed calls) per instance.
+
+    Instances are told apart by the id in their marker, not by path: the store
+    may put a new instance at the path of a discarded one.
+    """
     by_prefix: dict[str, list[tuple[float, float]]] = {}
     for record in finished:
-        by_prefix.setdefault(record["prefix"], []).append((record["start"], record["end"]))
+        by_prefix.setdefault(record["instance"], []).append((record["start"], record["end"]))
     overlapping = 0
     for calls in by_prefix.values():
         calls.sort()
@@ -239,9 +248,9 @@ def _overlaps(
     done = {(r["pid"], r["hook"]) for r in finished}
     starts: dict[str, list[float]] = {}
     for record in started:
-        starts.setdefault(record["prefix"], []).append(record["start"])
+        starts.setdefault(record["instance"], []).append(record["start"])
     killed = [r for r in started if (r["pid"], r["hook"]) not in done]
-    after_kill = sum(1 for k in killed for start in starts[k["prefix"]] if start > k["start"])
+    after_kill = sum(1 for k in killed for start in starts[k["instance"]] if start > k["start"])
     return overlapping, after_kill, len(killed)
 
 
@@ -258,6 +267,11 @@ def test_stress(make_daemon: MakeDaemon, tmp_path: Path) -> None:
 
     # Warm-up of the same shape: imports, gRPC threads, allocator arenas.
     warmup = _run_fleet(daemon, tmp_path / "warmup", sources, WARMUP_REQUESTS_PER_WORKER, SEED)
+    # The warm-up's environments stay in the store: empty it, so the run starts cold.
+    with Client(daemon.address, autostart=False) as client:
+        wait_until(
+            lambda: client.prune_store().environments_kept == 0, "the warm-up's leases to end"
+        )
     wait_until(lambda: not env_dirs(daemon.state_dir), "the warm-up's environments to go")
     rss_before = proc_status_kib(daemon.pid, "VmRSS")
 
@@ -306,7 +320,7 @@ def test_stress(make_daemon: MakeDaemon, tmp_path: Path) -> None:
         "hook_calls_finished": len(finished),
         "hook_calls_started": len(starts),
         "hook_calls_killed": killed,
-        "instances": len({r["prefix"] for r in starts}),
+        "instances": len({r["instance"] for r in starts}),
         "overlapping_calls": overlapping,
         "starts_after_a_kill": after_kill,
         "max_envs_status": monitor.max_total,
@@ -410,7 +424,7 @@ def test_an_instance_evicted_while_its_session_ends_leaves_no_folder(tmp_path: P
     def instance_of(session_id: str) -> SimpleNamespace:
         path = state / "sessions" / session_id / "envs" / "env"
         path.mkdir(parents=True)
-        return SimpleNamespace(path=path)
+        return SimpleNamespace(path=path, in_store=False)
 
     one, two = registry.open("a"), registry.open("b")
     pool.acquire(one.id, "key", lambda: instance_of(one.id), deadline=None).release()

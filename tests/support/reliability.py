@@ -61,9 +61,13 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
     return "demo-1.0.dist-info"
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    # The least the daemon accepts: METADATA, WHEEL and RECORD (checks.py).
     name = "demo-1.0-py3-none-any.whl"
     with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as whl:
-        whl.writestr("demo-1.0.dist-info/METADATA", "Metadata-Version: 2.1\\nName: demo\\n")
+        metadata = "Metadata-Version: 2.1\\nName: demo\\nVersion: 1.0\\n"
+        whl.writestr("demo-1.0.dist-info/METADATA", metadata)
+        whl.writestr("demo-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\\nTag: py3-none-any\\n")
+        whl.writestr("demo-1.0.dist-info/RECORD", "")
     return name
 """
 
@@ -134,14 +138,18 @@ def proc_status_kib(pid: int, field: str) -> int:
 
 
 def env_dirs(state_dir: Path) -> list[Path]:
-    """Environment folders of every session under a daemon's state folder."""
-    return [p for p in (state_dir / "sessions").glob("*/envs/*") if p.is_dir()]
+    """Environment folders under a daemon's state folder: its store's, and sessions' own."""
+    stored = [p for p in (state_dir / "envs").glob("*/*/*") if p.name.isdigit()]
+    return sorted(stored) + [p for p in (state_dir / "sessions").glob("*/envs/*") if p.is_dir()]
 
 
 def leftovers(state_dir: Path) -> list[Path]:
     """Anything under ``sessions/``: after a clean stop or the last close, nothing."""
     sessions = state_dir / "sessions"
-    return sorted(sessions.rglob("*")) if sessions.exists() else []
+    try:
+        return sorted(sessions.rglob("*")) if sessions.exists() else []
+    except FileNotFoundError:
+        return [sessions]  # being deleted at this very moment: not empty yet
 
 
 def health(address: str) -> int:
@@ -185,7 +193,9 @@ class Bystander:
     def __init__(self, address: str, root: Path) -> None:
         self.address = address
         self.log = root / "bystander.log"
-        self.source = probe_project(root / "bystander", self.log)
+        # A key of its own: sessions of one principal share their store, so a
+        # request of the test under way must not even be able to lease it.
+        self.source = probe_project(root / "bystander", self.log, static_requires=["flit_core<4"])
         self.client = Client(address, autostart=False)
         self.session = self.client.open_session("bystander")
         self.session.metadata(str(self.source)).result()

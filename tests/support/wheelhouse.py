@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,14 +38,18 @@ REQUIREMENT_SETS: tuple[tuple[str, ...], ...] = (
     # Python that runs it, not for --python-version.
     ("setuptools", "wheel", "hatchling", "flit_core", "packaging", "tomli"),
     ("flit_core>=3.4,<4",),
+    # pypa/build for the interpreters other than the runner's own, with exactly
+    # the runner's packaging (compat/interpreters.py, tool_requirements).
+    ("build>=1.4", f"packaging=={version('packaging')}"),
     # Versions from git tags (the metadata cache must see a new tag).
     ("setuptools>=64", "setuptools-scm>=8"),
 )
 
-# The test runner's own Python, and the oldest the daemon supports (whose
-# newest compatible releases may be older).
+# The test runner's own Python, and every interpreter the compatibility
+# corpus is built with (compat/corpus.py, INTERPRETERS): the oldest the daemon
+# supports, whose newest compatible releases may be older, and the newest.
 PYTHON_VERSIONS: tuple[str, ...] = tuple(
-    sorted({f"{sys.version_info[0]}.{sys.version_info[1]}", "3.10"})
+    sorted({f"{sys.version_info[0]}.{sys.version_info[1]}", "3.10", "3.11", "3.13"})
 )
 
 _MARKER = "wheelhouse.json"

@@ -340,3 +340,92 @@ def test_status_text(capsys: pytest.CaptureFixture[str], fake: FakeBuildd) -> No
     assert "session s1 (ide): 1 environment" in out
     assert "leased" in out and "/st/envs/e1" in out and "setuptools>=40.8.0, wheel" in out
     assert fake.requests[-1].session_id == "s1"
+
+
+STORE_STATUS = pb.StatusResponse(
+    daemon=pb.DaemonInfo(
+        pid=7,
+        store_enabled=True,
+        store_size_limit_bytes=5 << 30,
+        store_ttl_seconds=7 * 86400,
+        store_bytes=12 << 20,
+        store_environments=2,
+    ),
+    principal="local",
+    store=[
+        pb.StoreKeyStatus(
+            principal="local",
+            key_id="0123456789abcdef",
+            size_bytes=12 << 20,
+            last_used_at=1_700_000_000.0,
+            hook_calls=9,
+            environments=[
+                pb.EnvironmentInfo(
+                    path=f"/st/envs/local-x/0123456789abcdef/{slot}",
+                    slot=slot,
+                    state=state,
+                    size_bytes=6 << 20,
+                    requirements=["setuptools>=61"],
+                    principal="local",
+                    store_key_id="0123456789abcdef",
+                )
+                for slot, state in (
+                    (0, pb.ENVIRONMENT_STATE_IDLE),
+                    (1, pb.ENVIRONMENT_STATE_LEASED),
+                )
+            ],
+        )
+    ],
+)
+
+
+def test_status_shows_the_store(capsys: pytest.CaptureFixture[str], fake: FakeBuildd) -> None:
+    fake.status = STORE_STATUS
+    code, out, _ = run(capsys, "--address", fake.address, "status")
+    assert code == 0
+    assert "store: 2 environments, 12.0 MiB of 5.0 GiB, kept 7 days unused" in out
+    assert "key 0123456789abcdef: slots 0 idle, 1 leased; 12.0 MiB" in out
+    assert "9 hook calls" in out and "requires: setuptools>=61" in out
+    code, out, _ = run(capsys, "--address", fake.address, "status", "--json")
+    data = json.loads(out)
+    assert data["daemon"]["store_bytes"] == 12 << 20
+    [row] = data["store"]
+    assert (row["key_id"], row["slots"], row["hook_calls"]) == ("0123456789abcdef", [0, 1], 9)
+    assert [e["state"] for e in row["environments"]] == ["idle", "leased"]
+    assert row["environments"][1]["store_key_id"] == "0123456789abcdef"
+
+
+def test_status_says_when_the_store_is_off(
+    capsys: pytest.CaptureFixture[str], fake: FakeBuildd
+) -> None:
+    fake.status = pb.StatusResponse(daemon=pb.DaemonInfo(pid=7))
+    _, out, _ = run(capsys, "--address", fake.address, "status")
+    assert "store: off (--no-store)" in out
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [(None, 0.0), ("90", 90.0), ("30m", 1800.0), ("12h", 43200.0), ("7d", 604800.0)],
+)
+def test_store_prune(
+    capsys: pytest.CaptureFixture[str], fake: FakeBuildd, given: str | None, seconds: float
+) -> None:
+    extra = ["--older-than", given] if given else []
+    code, out, _ = run(capsys, "--address", fake.address, "store", "prune", *extra)
+    assert (code, out) == (0, "removed 3 environments (3.0 MiB), 1 kept\n")
+    assert fake.requests[-1].older_than_seconds == seconds
+    assert fake.requests[-1].all_principals is False
+    code, out, _ = run(capsys, "--address", fake.address, "store", "prune", "--json", *extra)
+    assert json.loads(out) == {
+        "environments_removed": 3,
+        "bytes_freed": 3 << 20,
+        "environments_kept": 1,
+    }
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1h", "7x"])
+def test_store_prune_refuses_a_bad_duration(
+    capsys: pytest.CaptureFixture[str], fake: FakeBuildd, bad: str
+) -> None:
+    code, _, err = run(capsys, "--address", fake.address, "store", "prune", f"--older-than={bad}")
+    assert code == 2 and bad in err

@@ -82,6 +82,12 @@ class FakeBuildd(buildd_pb2_grpc.BuilddServicer):
         self.requests.append(request)
         return self.status
 
+    def PruneStore(self, request: pb.PruneStoreRequest, context: Any) -> pb.PruneStoreResponse:
+        self.requests.append(request)
+        return pb.PruneStoreResponse(
+            environments_removed=3, bytes_freed=3 << 20, environments_kept=1
+        )
+
     # ---------------------------------------------------------- long calls --
     def _stream(self, request: Any, context: Any) -> Iterator[pb.Event]:
         self.requests.append(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from buildd_server import errors
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import METADATA_FILE, Environment, EnvironmentFactory
+from buildd_server.environments import METADATA_FILE, Environment, EnvironmentFactory, Placement
 from buildd_server.events import Event, Log, Phase
 from buildd_server.installers import Installer, select_installer
 from buildd_server.interpreters import Interpreter, resolve_interpreter
@@ -57,13 +58,20 @@ def _create(
     emit: Callable[[Event], None] = lambda event: None,
     cancel: threading.Event | None = None,
 ) -> Environment:
+    placement = Placement(path=owner / secrets.token_hex(6), owner="session")
     return factory.create(
         _key(interpreter, reqs, factory.installer.name),
         interpreter,
-        owner,
+        placement,
         emit=emit,
         cancel=cancel or threading.Event(),
     )
+
+
+def compiled(factory: EnvironmentFactory, env: Environment) -> Environment:
+    """``env`` once its background compile has ended (bounded: a hang fails)."""
+    assert factory.compiler.wait(env.id, 120.0)
+    return env
 
 
 def wait_until_gone(pid: int) -> bool:
@@ -117,20 +125,36 @@ def test_created_environment_is_described_and_valid(
 ) -> None:
     env, _ = shared
     assert env.path.parent.name.startswith("owner")
-    assert env.path.name == env.id
     assert env.key.requirements == ("setuptools",)
     assert env.interpreter == interpreter
     assert env.hook_calls == 0 and env.created_at == env.last_used_at
+    assert env.size_bytes > 0 and env.owner == "session"
     meta = json.loads((env.path / METADATA_FILE).read_text())
     assert meta["id"] == env.id and meta["key_id"] == env.key.id
-    assert meta["requirements"] == ["setuptools"] and meta["installer"] == "uv"
+    assert meta["key"]["requirements"] == ["setuptools"] and meta["key"]["installer"] == "uv"
+    assert meta["digest"] == env.fingerprint
     assert factory.validate(env)
 
 
-def test_every_module_is_compiled_even_with_dontwritebytecode(
-    shared: tuple[Environment, list[Event]],
+def test_loading_the_marker_gives_back_the_same_instance(
+    shared: tuple[Environment, list[Event]], factory: EnvironmentFactory
 ) -> None:
-    assert _uncompiled(shared[0].site_packages) == []
+    env, _ = shared
+    loaded = factory.load(env.path, owner="someone")
+    assert loaded is not None
+    for name in ("id", "path", "key", "interpreter", "python", "site_packages", "fingerprint"):
+        assert getattr(loaded, name) == getattr(env, name), name
+    assert loaded.interpreter_stamp == env.interpreter_stamp and loaded.owner == "someone"
+    assert factory.validate(loaded)
+
+
+def test_every_module_is_compiled_in_the_background_even_with_dontwritebytecode(
+    shared: tuple[Environment, list[Event]], factory: EnvironmentFactory
+) -> None:
+    env = compiled(factory, shared[0])
+    assert _uncompiled(env.site_packages) == []
+    # Bytecode is not part of what validation compares.
+    assert factory.validate(env)
 
 
 def test_creation_reports_its_phases_and_installer_output(
@@ -157,11 +181,10 @@ def test_pip_environment_seeds_pip_and_compiles_it(
     factory = EnvironmentFactory(tmp_path / "root", select_installer("pip"), options)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-        env = _create(factory, interpreter, tmp_path / "owner", ["flit_core<4"])
+        env = compiled(factory, _create(factory, interpreter, tmp_path / "owner", ["flit_core<4"]))
     assert (env.site_packages / "pip").is_dir()
     assert (env.site_packages / "flit_core").is_dir()
-    # pip compiles what it installs, and what it imports to run; the rest of
-    # the seeded pip is compiled by the factory's own pass.
+    # Nothing is compiled during the install; the background pass does all.
     assert _uncompiled(env.site_packages) == []
     assert factory.validate(env)
 
@@ -211,7 +234,7 @@ def test_validate_notices_an_added_file(small: Environment, factory: Environment
 
 
 def test_validate_ignores_bytecode_caches(small: Environment, factory: EnvironmentFactory) -> None:
-    cache = small.site_packages / "flit_core" / "__pycache__"
+    cache = compiled(factory, small).site_packages / "flit_core" / "__pycache__"
     for pyc in cache.iterdir():
         pyc.unlink()
     assert factory.validate(small)
@@ -315,7 +338,12 @@ class ScriptInstaller:
     seeds_pip: bool = False
 
     def command(
-        self, env_python: Path, requirements: Sequence[str], options: InstallerOptions
+        self,
+        env_python: Path,
+        requirements: Sequence[str],
+        options: InstallerOptions,
+        *,
+        cache_dir: Path | None = None,
     ) -> tuple[list[str], dict[str, str]]:
         return [sys.executable, "-c", self.script], {"PATH": os.environ["PATH"]}
 
@@ -372,7 +400,7 @@ def test_installer_reporting_enospc_is_resource_exhausted(
 
 
 def test_enospc_from_virtualenv_is_resource_exhausted(
-    factory: EnvironmentFactory,
+    options: InstallerOptions,
     interpreter: Interpreter,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -383,6 +411,8 @@ def test_enospc_from_virtualenv_is_resource_exhausted(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(virtualenv, "cli_run", full)
+    # pip's environments are made by virtualenv (uv's by uv venv).
+    factory = EnvironmentFactory(tmp_path / "root", select_installer("pip"), options)
     owner = tmp_path / "owner"
     with pytest.raises(errors.ResourceExhausted, match="no space left"):
         _create(factory, interpreter, owner, ["setuptools"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import textwrap
 import threading
@@ -17,7 +18,7 @@ import pytest
 
 from buildd_server import errors, processes
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import Environment, EnvironmentFactory
+from buildd_server.environments import Environment, EnvironmentFactory, Placement
 from buildd_server.events import Event, Log, Phase
 from buildd_server.hooks import Hooks
 from buildd_server.installers import select_installer
@@ -40,7 +41,10 @@ if TYPE_CHECKING:
 def _make_env(factory: EnvironmentFactory, owner: Path, reqs: list[str]) -> Environment:
     interpreter = resolve_interpreter("")
     key = make_key(interpreter, reqs, "uv", factory.options, origin="test")
-    return factory.create(key, interpreter, owner, emit=lambda e: None, cancel=threading.Event())
+    placement = Placement(path=owner / secrets.token_hex(6), owner="test")
+    return factory.create(
+        key, interpreter, placement, emit=lambda e: None, cancel=threading.Event()
+    )
 
 
 @pytest.fixture(scope="module")

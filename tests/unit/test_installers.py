@@ -12,7 +12,7 @@ import pytest
 
 from buildd_server import installers
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import EnvironmentFactory
+from buildd_server.environments import EnvironmentFactory, Placement
 from buildd_server.errors import DaemonStartupError
 from buildd_server.events import Event, Log
 from buildd_server.installers import PipInstaller, UvInstaller, select_installer
@@ -76,7 +76,7 @@ def hostile_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pip_command_is_isolated_and_carries_options() -> None:
     argv, env = PipInstaller().command(Path("/env/bin/python"), ["a>=1", "b"], OPTIONS)
     assert argv[:4] == ["/env/bin/python", "-m", "pip", "install"]
-    for flag in ("--isolated", "--no-input", "--disable-pip-version-check", "--compile"):
+    for flag in ("--isolated", "--no-input", "--disable-pip-version-check", "--no-compile"):
         assert flag in argv
     assert argv[argv.index("--cert") + 1] == "/certs/ca.pem"
     assert argv[argv.index("--index-url") + 1] == "https://index.example/simple"
@@ -98,13 +98,28 @@ def test_uv_command_is_isolated_and_carries_options() -> None:
     argv, env = UvInstaller("/bin/uv").command(Path("/env/bin/python"), ["a"], OPTIONS)
     assert argv[:3] == ["/bin/uv", "pip", "install"]
     assert argv[argv.index("--python") + 1] == "/env/bin/python"
+    # Without a private cache: copies (hard links into the user's cache could change it).
     assert argv[argv.index("--link-mode") + 1] == "copy"
-    for flag in ("--no-config", "--compile-bytecode", "--no-index"):
+    assert "--cache-dir" not in argv
+    for flag in ("--no-config", "--no-index"):
         assert flag in argv
+    # Bytecode is compiled in the background, not by the installer.
+    assert "--compile-bytecode" not in argv
     assert argv[-2:] == ["--", "a"]
     assert not [k for k in env if k.startswith(("PIP_", "UV_"))]
     # uv has no --cert: the certificate travels as SSL_CERT_FILE.
     assert env["SSL_CERT_FILE"] == "/certs/ca.pem"
+
+
+def test_uv_hard_links_from_a_private_cache() -> None:
+    cache = Path("/state/envs/local-0123/installer-cache")
+    argv, _ = UvInstaller("/bin/uv").command(Path("/p"), ["a"], OPTIONS, cache_dir=cache)
+    assert argv[argv.index("--link-mode") + 1] == "hardlink"
+    assert argv[argv.index("--cache-dir") + 1] == str(cache)
+    venv, _ = UvInstaller("/bin/uv").venv_command("/usr/bin/python3", Path("/e/0"), cache_dir=cache)
+    assert venv[:2] == ["/bin/uv", "venv"] and venv[-2:] == ["--", "/e/0"]
+    assert venv[venv.index("--python") + 1] == "/usr/bin/python3"
+    assert {"--no-config", "--no-project", "--no-python-downloads"} <= set(venv)
 
 
 def test_uv_keeps_an_explicit_ssl_cert_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,9 +203,9 @@ def test_installer_fills_a_working_environment_from_the_wheelhouse_only(
     key = make_key(interpreter, ["setuptools"], installer.name, options, origin="test")
     events: list[Event] = []
     factory = EnvironmentFactory(tmp_path / "root", installer, options)
-    env = factory.create(
-        key, interpreter, tmp_path / "envs", emit=events.append, cancel=threading.Event()
-    )
+    placement = Placement(path=tmp_path / "envs" / "0", owner="test")
+    env = factory.create(key, interpreter, placement, emit=events.append, cancel=threading.Event())
+    assert factory.compiler.wait(env.id, 120.0)
 
     probe = subprocess.run(
         [str(env.python), "-c", "import setuptools; print(setuptools.__version__)"],

@@ -906,7 +906,137 @@ def test_evict_idle_respects_age() -> None:
     old.release()
     clock.advance(60)
     new.release()
-    assert pool.evict_idle(older_than=30) == 1
+    assert pool.evict_idle(older_than=30) == [old.instance]
     assert fakes.destroyed == [old.instance]
-    assert pool.evict_idle() == 1
+    assert pool.evict_idle() == [new.instance]
     assert pool.total() == 0
+
+
+# ---------------------------------------------------- owners and parties --
+
+
+def test_a_party_that_ends_gives_up_waiting_but_its_owner_keeps_the_instances() -> None:
+    pool, fakes = make_pool(max_per_key=1)
+    held = pool.acquire("alice", "a", fakes.creator("a"), party="s1", deadline=None)
+    assert held.party == "s1" and held.owner == "alice"
+    waiter = Worker(
+        lambda w: pool.acquire(
+            "alice", "a", fakes.creator("a"), party="s2", deadline=None, on_wait=w.on_wait
+        )
+    ).started_waiting()
+    pool.end_party("s2")
+    with pytest.raises(OwnerGone):
+        waiter.outcome()
+    with pytest.raises(OwnerGone):
+        pool.acquire("alice", "a", fakes.creator("a"), party="s2", deadline=None)
+    pool.end_party("s1")
+    # The lease of an ended party returns its instance to the owner, idle.
+    held.release()
+    assert states(pool) == {"a1": "idle"}
+    again = pool.acquire("alice", "a", fakes.creator("a"), party="s3", deadline=None)
+    assert again.instance is held.instance and fakes.destroyed == []
+
+
+def test_a_creation_whose_party_ended_leaves_the_instance_idle_to_its_owner() -> None:
+    pool, fakes = make_pool()
+    gate, started = threading.Event(), threading.Event()
+    creator = Worker(
+        lambda w: pool.acquire(
+            "alice", "a", fakes.creator("a", gate, started), party="s1", deadline=None
+        )
+    )
+    creator.start()
+    assert started.wait(JOIN)
+    pool.end_party("s1")
+    gate.set()
+    with pytest.raises(OwnerGone):
+        creator.outcome()
+    assert states(pool) == {"a1": "idle"} and fakes.destroyed == []
+
+
+def test_two_parties_of_one_owner_never_share_an_instance() -> None:
+    pool, fakes = make_pool(max_per_key=2)
+    first = pool.acquire("alice", "a", fakes.creator("a"), party="s1", deadline=None)
+    second = pool.acquire("alice", "a", fakes.creator("a"), party="s2", deadline=None)
+    assert first.instance is not second.instance
+    assert {e.party for e in pool.snapshot()} == {"s1", "s2"}
+
+
+def test_a_preferred_instance_is_taken_when_idle_whatever_its_key() -> None:
+    pool, fakes = make_pool()
+    grown = acquire(pool, fakes, "a")
+    grown.rekey("a+b")
+    other = acquire(pool, fakes, "a")
+    grown.release()
+    other.release()  # most recently used: a generic acquire would take it
+    lease = pool.acquire("s1", "a", fakes.creator("a"), prefer=grown.instance, deadline=None)
+    assert lease.instance is grown.instance
+    # Busy: the caller does not wait for it but takes another one.
+    second = pool.acquire("s1", "a", fakes.creator("a"), prefer=grown.instance, deadline=None)
+    assert second.instance is other.instance
+
+
+def test_a_preferred_instance_of_another_owner_is_ignored() -> None:
+    pool, fakes = make_pool()
+    foreign = acquire(pool, fakes, "a", owner="bob")
+    foreign.release()
+    lease = pool.acquire("alice", "a", fakes.creator("a"), prefer=foreign.instance, deadline=None)
+    assert lease.instance is not foreign.instance and lease.owner == "alice"
+
+
+def test_try_lease_never_waits_and_never_takes_a_reserved_instance() -> None:
+    pool, fakes = make_pool(max_per_key=1)
+    lease = acquire(pool, fakes, "a")
+    assert pool.try_lease(lease.instance) is None  # leased
+    waiter = Worker(
+        lambda w: pool.acquire_instance("s1", lease.instance, deadline=None, on_wait=w.on_wait)
+    ).started_waiting()
+    lease.release()
+    taken = waiter.outcome()
+    assert pool.try_lease(taken.instance) is None
+    taken.release()
+    check = pool.try_lease(taken.instance, party="check")
+    assert check is not None and check.party == "check"
+    check.release()
+    assert fakes.validated == [lease.instance]  # try_lease does not validate
+
+
+def test_added_instances_are_idle_oldest_first_and_age_like_others() -> None:
+    clock = FakeClock()
+    pool, fakes = make_pool(max_total=3, clock=clock)
+    old, young = Env("old", "a"), Env("young", "a")
+    pool.add_idle("alice", "a", old, idle_for=100)
+    pool.add_idle("alice", "a", young, idle_for=10)
+    with pytest.raises(ValueError, match="already"):
+        pool.add_idle("alice", "a", old)
+    assert [e.instance.name for e in pool.snapshot()] == ["old", "young"]
+    # The most recently used is borrowed first.
+    assert pool.acquire("alice", "a", fakes.creator("a"), deadline=None).instance is young
+    assert pool.evict_idle(older_than=50, owner="alice") == [old]
+    assert pool.evict_idle(owner="bob") == []
+
+
+def test_discard_idle_takes_only_idle_unreserved_instances() -> None:
+    pool, fakes = make_pool()
+    lease = acquire(pool, fakes, "a")
+    assert pool.discard_idle(lease.instance) is False
+    lease.release()
+    assert pool.discard_idle(lease.instance) is True
+    assert fakes.destroyed == [lease.instance] and pool.total() == 0
+    assert pool.discard_idle(lease.instance) is False
+
+
+def test_a_check_lease_keeps_the_instance_s_place_in_recency() -> None:
+    clock = FakeClock()
+    pool, fakes = make_pool(clock=clock)
+    old, new = acquire(pool, fakes, "a"), acquire(pool, fakes, "a")
+    old.release()
+    clock.advance(10)
+    new.release()
+    check = pool.try_lease(old.instance, party="check")
+    assert check is not None
+    clock.advance(10)
+    check.release(used=False)
+    # Still the least recently used: first in the snapshot, oldest for age-based eviction.
+    assert [e.instance for e in pool.snapshot()] == [old.instance, new.instance]
+    assert pool.evict_idle(older_than=15) == [old.instance]

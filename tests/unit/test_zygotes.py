@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import secrets
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from buildd_server import errors, zygotes
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import Environment, EnvironmentFactory
+from buildd_server.environments import Environment, EnvironmentFactory, Placement
 from buildd_server.events import Event, Log
 from buildd_server.hooks import Hooks
 from buildd_server.installers import select_installer
@@ -49,7 +50,10 @@ def factory(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Envir
 def make_env(factory: EnvironmentFactory, owner: Path, reqs: list[str]) -> Environment:
     interpreter = resolve_interpreter("")
     key = make_key(interpreter, reqs, "uv", factory.options, origin="test")
-    return factory.create(key, interpreter, owner, emit=lambda e: None, cancel=threading.Event())
+    placement = Placement(path=owner / secrets.token_hex(6), owner="test")
+    return factory.create(
+        key, interpreter, placement, emit=lambda e: None, cancel=threading.Event()
+    )
 
 
 @pytest.fixture(scope="module")

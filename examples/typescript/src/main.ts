@@ -330,7 +330,10 @@ async function main(): Promise<void> {
   const closed = await unary<CloseSessionResponse__Output>((cb) =>
     client.CloseSession({ session_id: session.session_id }, routed, deadline(60), cb),
   );
-  say('session_closed', { environments_deleted: closed.environments_deleted });
+  say('session_closed', {
+    environments_deleted: closed.environments_deleted,
+    environments_stored: closed.environments_stored,
+  });
   try {
     await unary<SessionInfo__Output>((cb) =>
       client.JoinSession({ session_id: session.session_id }, routed, deadline(30), cb),

@@ -162,6 +162,20 @@ class _PhaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PhaseKind.V
     settings and source fingerprint (`source_fingerprint`). Sent instead of
     RUNNING_HOOK and HOOK_FINISHED, once per hook not run.
     """
+    PHASE_KIND_ENVIRONMENT_ADOPTED: _PhaseKind.ValueType  # 10
+    """The session leased, for the first time, an environment its principal's
+    store kept from an earlier session or daemon run (so nothing had to be
+    created): `environment_path` and `slot` name it, `detail` says when it
+    was created and last used, `validation_seconds` what checking it cost.
+    Sent just before ENVIRONMENT_LEASED.
+    """
+    PHASE_KIND_ARTIFACT_CHECKED: _PhaseKind.ValueType  # 11
+    """What hook `hook` produced passed the daemon's checks (docs/protocol.md,
+    "Artifact checks"): `detail` is its file name (a wheel, an sdist, or a
+    prepared .dist-info folder). Sent before ARTIFACT_WRITTEN, and after
+    PrepareMetadata's hook; an artifact that fails them ends the call with
+    FAILURE_KIND_BACKEND_FAILED instead.
+    """
 
 class PhaseKind(_PhaseKind, metaclass=_PhaseKindEnumTypeWrapper):
     """The steps of a request, in the order they usually happen."""
@@ -204,6 +218,20 @@ PHASE_KIND_CACHE_HIT: PhaseKind.ValueType  # 9
 the same environment instance (`environment_path`, `key_id`), config
 settings and source fingerprint (`source_fingerprint`). Sent instead of
 RUNNING_HOOK and HOOK_FINISHED, once per hook not run.
+"""
+PHASE_KIND_ENVIRONMENT_ADOPTED: PhaseKind.ValueType  # 10
+"""The session leased, for the first time, an environment its principal's
+store kept from an earlier session or daemon run (so nothing had to be
+created): `environment_path` and `slot` name it, `detail` says when it
+was created and last used, `validation_seconds` what checking it cost.
+Sent just before ENVIRONMENT_LEASED.
+"""
+PHASE_KIND_ARTIFACT_CHECKED: PhaseKind.ValueType  # 11
+"""What hook `hook` produced passed the daemon's checks (docs/protocol.md,
+"Artifact checks"): `detail` is its file name (a wheel, an sdist, or a
+prepared .dist-info folder). Sent before ARTIFACT_WRITTEN, and after
+PrepareMetadata's hook; an artifact that fails them ends the call with
+FAILURE_KIND_BACKEND_FAILED instead.
 """
 Global___PhaseKind: _TypeAlias = PhaseKind  # noqa: Y015
 
@@ -343,6 +371,50 @@ LOG_SOURCE_COMPILER: LogSource.ValueType  # 3
 """
 Global___LogSource: _TypeAlias = LogSource  # noqa: Y015
 
+class _WarningKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WarningKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WarningKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WARNING_KIND_UNSPECIFIED: _WarningKind.ValueType  # 0
+    """Never sent; a client that reads it has a newer daemon's warning it does
+    not know.
+    """
+    WARNING_KIND_NEAR_MISS: _WarningKind.ValueType  # 1
+    """A table or key whose name is close to one the daemon knows, e.g.
+    `[build_sytem]` for `[build-system]`: `field` is the name as written,
+    `suggestion` the one probably meant. The misspelt entry is ignored, so the
+    request goes on without it (for `[build_sytem]`: with PEP 517's default
+    backend).
+    """
+    WARNING_KIND_UNKNOWN_KEY: _WarningKind.ValueType  # 2
+    """A key of `[build-system]` that PEP 517 and PEP 518 do not define (they
+    define `requires`, `build-backend` and `backend-path`): `field` names it.
+    It is ignored.
+    """
+
+class WarningKind(_WarningKind, metaclass=_WarningKindEnumTypeWrapper):
+    """What a Warning is about."""
+
+WARNING_KIND_UNSPECIFIED: WarningKind.ValueType  # 0
+"""Never sent; a client that reads it has a newer daemon's warning it does
+not know.
+"""
+WARNING_KIND_NEAR_MISS: WarningKind.ValueType  # 1
+"""A table or key whose name is close to one the daemon knows, e.g.
+`[build_sytem]` for `[build-system]`: `field` is the name as written,
+`suggestion` the one probably meant. The misspelt entry is ignored, so the
+request goes on without it (for `[build_sytem]`: with PEP 517's default
+backend).
+"""
+WARNING_KIND_UNKNOWN_KEY: WarningKind.ValueType  # 2
+"""A key of `[build-system]` that PEP 517 and PEP 518 do not define (they
+define `requires`, `build-backend` and `backend-path`): `field` names it.
+It is ignored.
+"""
+Global___WarningKind: _TypeAlias = WarningKind  # noqa: Y015
+
 class _FailureKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -416,6 +488,12 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     FAILURE_KIND_UNAUTHENTICATED: _FailureKind.ValueType  # 20
     """The call carries no bearer token, or one the daemon does not know.
     UNAUTHENTICATED.
+    """
+    FAILURE_KIND_BLOB_CORRUPT: _FailureKind.ValueType  # 21
+    """An uploaded archive in the daemon's cache no longer matches its digest
+    when it is about to be unpacked (changed on disk since the upload). The
+    daemon has evicted it; uploading it again fixes this. DATA_LOSS;
+    Failure.path is the digest.
     """
     FAILURE_KIND_SESSION_EXISTS: _FailureKind.ValueType  # 23
     """The session id proposed to OpenSession is taken by a live or recently
@@ -497,12 +575,60 @@ FAILURE_KIND_UNAUTHENTICATED: FailureKind.ValueType  # 20
 """The call carries no bearer token, or one the daemon does not know.
 UNAUTHENTICATED.
 """
+FAILURE_KIND_BLOB_CORRUPT: FailureKind.ValueType  # 21
+"""An uploaded archive in the daemon's cache no longer matches its digest
+when it is about to be unpacked (changed on disk since the upload). The
+daemon has evicted it; uploading it again fixes this. DATA_LOSS;
+Failure.path is the digest.
+"""
 FAILURE_KIND_SESSION_EXISTS: FailureKind.ValueType  # 23
 """The session id proposed to OpenSession is taken by a live or recently
 ended session of the same principal: propose another (a fresh random one).
 ALREADY_EXISTS.
 """
 Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
+
+class _Containment:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContainmentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Containment.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTAINMENT_UNSPECIFIED: _Containment.ValueType  # 0
+    """Not set (never sent)."""
+    CONTAINMENT_NONE: _Containment.ValueType  # 1
+    """A process group of its own; what leaves the group (setsid) can outlive
+    the call, and the call sees what the daemon's user sees.
+    """
+    CONTAINMENT_PID: _Containment.ValueType  # 2
+    """A PID namespace per call: when the call ends, for whatever reason,
+    every process it started is gone. The file system as the daemon sees it.
+    """
+    CONTAINMENT_SANDBOX: _Containment.ValueType  # 3
+    """A PID namespace plus a bubblewrap sandbox: the system read-only, a
+    private /tmp and /proc, the state folder hidden; writable only the
+    call's source copy, its output folder and (installs only) its environment.
+    """
+
+class Containment(_Containment, metaclass=_ContainmentEnumTypeWrapper):
+    """How far a hook call (or an install) can reach beyond its own request."""
+
+CONTAINMENT_UNSPECIFIED: Containment.ValueType  # 0
+"""Not set (never sent)."""
+CONTAINMENT_NONE: Containment.ValueType  # 1
+"""A process group of its own; what leaves the group (setsid) can outlive
+the call, and the call sees what the daemon's user sees.
+"""
+CONTAINMENT_PID: Containment.ValueType  # 2
+"""A PID namespace per call: when the call ends, for whatever reason,
+every process it started is gone. The file system as the daemon sees it.
+"""
+CONTAINMENT_SANDBOX: Containment.ValueType  # 3
+"""A PID namespace plus a bubblewrap sandbox: the system read-only, a
+private /tmp and /proc, the state folder hidden; writable only the
+call's source copy, its output folder and (installs only) its environment.
+"""
+Global___Containment: _TypeAlias = Containment  # noqa: Y015
 
 class _EnvironmentState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -520,6 +646,11 @@ class _EnvironmentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Envi
     """Being created (virtualenv, static requirements) for a request that is
     waiting for it; `id` and `path` are empty until it exists.
     """
+    ENVIRONMENT_STATE_CHECKING: _EnvironmentState.ValueType  # 4
+    """Being checked by the store (after a daemon restart, or at the end of a
+    session that used it): leased to nobody, not leasable until the check
+    ends.
+    """
 
 class EnvironmentState(_EnvironmentState, metaclass=_EnvironmentStateEnumTypeWrapper):
     """What an environment is doing."""
@@ -533,6 +664,11 @@ ENVIRONMENT_STATE_LEASED: EnvironmentState.ValueType  # 2
 ENVIRONMENT_STATE_CREATING: EnvironmentState.ValueType  # 3
 """Being created (virtualenv, static requirements) for a request that is
 waiting for it; `id` and `path` are empty until it exists.
+"""
+ENVIRONMENT_STATE_CHECKING: EnvironmentState.ValueType  # 4
+"""Being checked by the store (after a daemon restart, or at the end of a
+session that used it): leased to nobody, not leasable until the check
+ends.
 """
 Global___EnvironmentState: _TypeAlias = EnvironmentState  # noqa: Y015
 
@@ -800,21 +936,27 @@ class CloseSessionResponse(_message.Message):
 
     ENVIRONMENTS_DELETED_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_PENDING_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_STORED_FIELD_NUMBER: _builtins.int
     environments_deleted: _builtins.int
     """How many environments were deleted now (idle ones)."""
     environments_pending: _builtins.int
     """How many environments were leased by a running hook call and will be
-    deleted when that call ends.
+    deleted (with --no-store) or returned to the store when that call ends.
+    """
+    environments_stored: _builtins.int
+    """How many environments the session used were checked and stay in its
+    principal's store, for a later session of that principal to adopt.
     """
     def __init__(
         self,
         *,
         environments_deleted: _builtins.int = ...,
         environments_pending: _builtins.int = ...,
+        environments_stored: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments_deleted", b"environments_deleted", "environments_pending", b"environments_pending"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments_deleted", b"environments_deleted", "environments_pending", b"environments_pending", "environments_stored", b"environments_stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1176,6 +1318,7 @@ class Event(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def phase(self) -> Global___Phase:
         """Progress: a step started or finished."""
@@ -1192,6 +1335,13 @@ class Event(_message.Message):
     def failure(self) -> Global___Failure:
         """The final event on failure."""
 
+    @_builtins.property
+    def warning(self) -> Global___Warning:
+        """Something the daemon noticed that does not stop the request, but that
+        the user most likely wants to fix (a misspelt table in pyproject.toml).
+        Zero or more per call, before the final event; never the last one.
+        """
+
     def __init__(
         self,
         *,
@@ -1199,12 +1349,13 @@ class Event(_message.Message):
         log: Global___LogLine | None = ...,
         result: Global___Result | None = ...,
         failure: Global___Failure | None = ...,
+        warning: Global___Warning | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "log", b"log", "phase", b"phase", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "log", b"log", "phase", b"phase", "result", b"result", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "log", b"log", "phase", b"phase", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "kind", b"kind", "log", b"log", "phase", b"phase", "result", b"result", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["phase", "log", "result", "failure"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["phase", "log", "result", "failure", "warning"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1227,6 +1378,8 @@ class Phase(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     SOURCE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    VALIDATION_SECONDS_FIELD_NUMBER: _builtins.int
     kind: Global___PhaseKind.ValueType
     """Which step this is."""
     elapsed_seconds: _builtins.float
@@ -1257,6 +1410,17 @@ class Phase(_message.Message):
     """On CACHE_HIT: the source fingerprint (64 hex digits) the reused answer
     was given for. Empty otherwise.
     """
+    slot: _builtins.int
+    """On ENVIRONMENT_LEASED and ENVIRONMENT_ADOPTED: the environment's slot in
+    its principal's store (the last part of its path); -1 outside a store
+    (--no-store).
+    """
+    validation_seconds: _builtins.float
+    """On ENVIRONMENT_LEASED and ENVIRONMENT_ADOPTED: seconds spent validating
+    the environment (interpreter, marker file, every installed file's size
+    and mtime) before this lease; 0 when it was not validated (just created,
+    or leased again by the same source within a request).
+    """
     def __init__(
         self,
         *,
@@ -1271,10 +1435,12 @@ class Phase(_message.Message):
         step: Global___PhaseStep.ValueType = ...,
         outcome: Global___HookOutcome.ValueType = ...,
         source_fingerprint: _builtins.str = ...,
+        slot: _builtins.int = ...,
+        validation_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed_seconds", b"elapsed_seconds", "environment_path", b"environment_path", "hook", b"hook", "key_id", b"key_id", "kind", b"kind", "outcome", b"outcome", "source_fingerprint", b"source_fingerprint", "step", b"step", "step_seconds", b"step_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail", b"detail", "elapsed_seconds", b"elapsed_seconds", "environment_path", b"environment_path", "hook", b"hook", "key_id", b"key_id", "kind", b"kind", "outcome", b"outcome", "slot", b"slot", "source_fingerprint", b"source_fingerprint", "step", b"step", "step_seconds", b"step_seconds", "validation_seconds", b"validation_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1318,6 +1484,51 @@ class LogLine(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
+
+@_typing.final
+class Warning(_message.Message):
+    """A warning about the request's project; the request goes on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    SUGGESTION_FIELD_NUMBER: _builtins.int
+    kind: Global___WarningKind.ValueType
+    """What the warning is about; never UNSPECIFIED."""
+    message: _builtins.str
+    """One sentence naming the file, the entry and, for a near miss, what was
+    probably meant (e.g. "Found 'build_sytem' in .../pyproject.toml, did you
+    mean 'build-system'?").
+    """
+    path: _builtins.str
+    """The file the warning is about, e.g. ".../pyproject.toml"."""
+    field: _builtins.str
+    """The TOML path of the entry as written: "build_sytem",
+    "build-system.build_backend".
+    """
+    suggestion: _builtins.str
+    """For WARNING_KIND_NEAR_MISS: the TOML path probably meant, e.g.
+    "build-system" or "build-system.build-backend"; empty otherwise.
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___WarningKind.ValueType = ...,
+        message: _builtins.str = ...,
+        path: _builtins.str = ...,
+        field: _builtins.str = ...,
+        suggestion: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "kind", b"kind", "message", b"message", "path", b"path", "suggestion", b"suggestion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Warning: _TypeAlias = Warning  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):
@@ -1727,6 +1938,15 @@ class DaemonInfo(_message.Message):
     MAX_ENVS_PER_KEY_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     DAEMON_ID_FIELD_NUMBER: _builtins.int
+    STORE_ENABLED_FIELD_NUMBER: _builtins.int
+    STORE_SIZE_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    STORE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    STORE_BYTES_FIELD_NUMBER: _builtins.int
+    STORE_ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    LOCAL_CONTAINMENT_FIELD_NUMBER: _builtins.int
+    REMOTE_CONTAINMENT_FIELD_NUMBER: _builtins.int
+    CONTAINMENT_SETTING_FIELD_NUMBER: _builtins.int
+    CONTAINMENT_NOTES_FIELD_NUMBER: _builtins.int
     MAX_WATCHES_PER_SESSION_FIELD_NUMBER: _builtins.int
     MAX_WATCHES_PER_PRINCIPAL_FIELD_NUMBER: _builtins.int
     WATCHED_TREES_FIELD_NUMBER: _builtins.int
@@ -1756,6 +1976,36 @@ class DaemonInfo(_message.Message):
     --daemon-id; default: the host name, which is the pod name in a
     Kubernetes StatefulSet).
     """
+    store_enabled: _builtins.bool
+    """Whether environments outlive sessions in per-principal stores (false
+    with --no-store).
+    """
+    store_size_limit_bytes: _builtins.int
+    """--store-size: the bytes the stores may take on disk, all principals
+    together; least recently used idle environments are evicted past it.
+    """
+    store_ttl_seconds: _builtins.float
+    """--store-ttl: seconds an idle stored environment is kept unused."""
+    store_bytes: _builtins.int
+    """Bytes on disk of the caller's store (an admin: of every store), as
+    counted against store_size_limit_bytes: each environment in full, hard
+    links included, plus the files of the installer cache no environment
+    links (docs/architecture.md, "Sizes on disk").
+    """
+    store_environments: _builtins.int
+    """Environments in the caller's store (an admin: in every store)."""
+    local_containment: Global___Containment.ValueType
+    """How the hook calls and installs of local principals (the Unix socket,
+    the daemon's own loopback token) are contained.
+    """
+    remote_containment: Global___Containment.ValueType
+    """How those of remote principals (token holders, non-loopback callers)
+    are contained.
+    """
+    containment_setting: _builtins.str
+    """The --containment setting the daemon was started with: "auto", "pid",
+    "sandbox" or "none".
+    """
     max_watches_per_session: _builtins.int
     """Cap on open WatchMetadata streams per session
     (--max-watches-per-session).
@@ -1768,6 +2018,13 @@ class DaemonInfo(_message.Message):
     """Source trees the daemon watches now (each watched once, however many
     streams watch it).
     """
+    @_builtins.property
+    def containment_notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the daemon could not do and what that means (e.g. "remote
+        principals are not sandboxed (bwrap failed: ...): their hooks can read
+        and write whatever the daemon's user can"); empty when nothing is missing.
+        """
+
     def __init__(
         self,
         *,
@@ -1781,13 +2038,22 @@ class DaemonInfo(_message.Message):
         max_envs_per_key: _builtins.int = ...,
         draining: _builtins.bool = ...,
         daemon_id: _builtins.str = ...,
+        store_enabled: _builtins.bool = ...,
+        store_size_limit_bytes: _builtins.int = ...,
+        store_ttl_seconds: _builtins.float = ...,
+        store_bytes: _builtins.int = ...,
+        store_environments: _builtins.int = ...,
+        local_containment: Global___Containment.ValueType = ...,
+        remote_containment: Global___Containment.ValueType = ...,
+        containment_setting: _builtins.str = ...,
+        containment_notes: _abc.Iterable[_builtins.str] | None = ...,
         max_watches_per_session: _builtins.int = ...,
         max_watches_per_principal: _builtins.int = ...,
         watched_trees: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "daemon_id", b"daemon_id", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "max_watches_per_principal", b"max_watches_per_principal", "max_watches_per_session", b"max_watches_per_session", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "version", b"version", "watched_trees", b"watched_trees"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "containment_notes", b"containment_notes", "containment_setting", b"containment_setting", "daemon_id", b"daemon_id", "draining", b"draining", "installer", b"installer", "local_containment", b"local_containment", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "max_watches_per_principal", b"max_watches_per_principal", "max_watches_per_session", b"max_watches_per_session", "pid", b"pid", "remote_containment", b"remote_containment", "started_at", b"started_at", "state_dir", b"state_dir", "store_bytes", b"store_bytes", "store_enabled", b"store_enabled", "store_environments", b"store_environments", "store_size_limit_bytes", b"store_size_limit_bytes", "store_ttl_seconds", b"store_ttl_seconds", "version", b"version", "watched_trees", b"watched_trees"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1810,6 +2076,10 @@ class EnvironmentInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    STORE_KEY_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Short unique id of this instance (empty while CREATING)."""
     path: _builtins.str
@@ -1828,6 +2098,20 @@ class EnvironmentInfo(_message.Message):
     """When it was created (Unix seconds; 0 while CREATING)."""
     last_used_at: _builtins.float
     """When a request last used it (Unix seconds; 0 while CREATING)."""
+    slot: _builtins.int
+    """Its slot in its principal's store: the path ends in
+    `<store_key_id>/<slot>`; -1 outside a store (--no-store).
+    """
+    size_bytes: _builtins.int
+    """Bytes it takes on disk, bytecode included, each file hard-linked from
+    the installer's cache counted in full; measured after each change.
+    """
+    principal: _builtins.str
+    """The principal whose store holds it (whose sessions may lease it)."""
+    store_key_id: _builtins.str
+    """The key it was created for, the folder it lives in; `key_id` differs
+    once dynamic requirements were installed into it. Empty outside a store.
+    """
     @_builtins.property
     def requirements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Installed build requirements, normalised and sorted (while CREATING:
@@ -1836,7 +2120,7 @@ class EnvironmentInfo(_message.Message):
 
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Sources that have affinity to this instance."""
+        """Sources that have affinity to this instance (in this session)."""
 
     def __init__(
         self,
@@ -1852,10 +2136,14 @@ class EnvironmentInfo(_message.Message):
         created_at: _builtins.float = ...,
         last_used_at: _builtins.float = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
+        slot: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        principal: _builtins.str = ...,
+        store_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "hook_calls", b"hook_calls", "id", b"id", "interpreter", b"interpreter", "key_id", b"key_id", "last_used_at", b"last_used_at", "path", b"path", "python_version", b"python_version", "requirements", b"requirements", "sources", b"sources", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "hook_calls", b"hook_calls", "id", b"id", "interpreter", b"interpreter", "key_id", b"key_id", "last_used_at", b"last_used_at", "path", b"path", "principal", b"principal", "python_version", b"python_version", "requirements", b"requirements", "size_bytes", b"size_bytes", "slot", b"slot", "sources", b"sources", "state", b"state", "store_key_id", b"store_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1927,6 +2215,7 @@ class StatusResponse(_message.Message):
     SESSIONS_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     ADMIN_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     """The caller's principal as the daemon sees it."""
     admin: _builtins.bool
@@ -1941,6 +2230,13 @@ class StatusResponse(_message.Message):
         Other principals' sessions are left out, not even counted.
         """
 
+    @_builtins.property
+    def store(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreKeyStatus]:
+        """The caller's store (an admin sees every principal's), one entry per
+        principal and key folder, ordered by principal then key id. Empty with
+        --no-store.
+        """
+
     def __init__(
         self,
         *,
@@ -1948,14 +2244,115 @@ class StatusResponse(_message.Message):
         sessions: _abc.Iterable[Global___SessionStatus] | None = ...,
         principal: _builtins.str = ...,
         admin: _builtins.bool = ...,
+        store: _abc.Iterable[Global___StoreKeyStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["daemon", b"daemon"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "daemon", b"daemon", "principal", b"principal", "sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "daemon", b"daemon", "principal", b"principal", "sessions", b"sessions", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class StoreKeyStatus(_message.Message):
+    """The environments of one principal's store created for one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    HOOK_CALLS_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    """The principal the store belongs to."""
+    key_id: _builtins.str
+    """The key the environments were created for (their folder's name)."""
+    size_bytes: _builtins.int
+    """Bytes on disk of these environments together (see EnvironmentInfo)."""
+    last_used_at: _builtins.float
+    """When one of them was last released (Unix seconds)."""
+    hook_calls: _builtins.int
+    """Hook calls run in them, over their whole lives (across sessions)."""
+    @_builtins.property
+    def environments(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvironmentInfo]:
+        """One per slot, by slot number, with their state (IDLE, LEASED, CHECKING)."""
+
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        environments: _abc.Iterable[Global___EnvironmentInfo] | None = ...,
+        size_bytes: _builtins.int = ...,
+        last_used_at: _builtins.float = ...,
+        hook_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "hook_calls", b"hook_calls", "key_id", b"key_id", "last_used_at", b"last_used_at", "principal", b"principal", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreKeyStatus: _TypeAlias = StoreKeyStatus  # noqa: Y015
+
+@_typing.final
+class PruneStoreRequest(_message.Message):
+    """Which idle environments PruneStore deletes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLDER_THAN_SECONDS_FIELD_NUMBER: _builtins.int
+    ALL_PRINCIPALS_FIELD_NUMBER: _builtins.int
+    older_than_seconds: _builtins.float
+    """Only environments unused for at least this many seconds; 0: every idle one."""
+    all_principals: _builtins.bool
+    """Every principal's store, not only the caller's: admins only."""
+    def __init__(
+        self,
+        *,
+        older_than_seconds: _builtins.float = ...,
+        all_principals: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_principals", b"all_principals", "older_than_seconds", b"older_than_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneStoreRequest: _TypeAlias = PruneStoreRequest  # noqa: Y015
+
+@_typing.final
+class PruneStoreResponse(_message.Message):
+    """What PruneStore deleted and what it left."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENTS_REMOVED_FIELD_NUMBER: _builtins.int
+    BYTES_FREED_FIELD_NUMBER: _builtins.int
+    ENVIRONMENTS_KEPT_FIELD_NUMBER: _builtins.int
+    environments_removed: _builtins.int
+    """Idle environments deleted."""
+    bytes_freed: _builtins.int
+    """Bytes they took (as counted in EnvironmentInfo.size_bytes)."""
+    environments_kept: _builtins.int
+    """Environments left in the store(s) pruned: leased, checked, or too recent."""
+    def __init__(
+        self,
+        *,
+        environments_removed: _builtins.int = ...,
+        bytes_freed: _builtins.int = ...,
+        environments_kept: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_freed", b"bytes_freed", "environments_kept", b"environments_kept", "environments_removed", b"environments_removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneStoreResponse: _TypeAlias = PruneStoreResponse  # noqa: Y015
 
 @_typing.final
 class ListInterpretersRequest(_message.Message):

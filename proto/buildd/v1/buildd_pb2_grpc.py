@@ -80,6 +80,11 @@ class BuilddStub:
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=buildd_dot_v1_dot_buildd__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.PruneStore = channel.unary_unary(
+                '/buildd.v1.Buildd/PruneStore',
+                request_serializer=buildd_dot_v1_dot_buildd__pb2.PruneStoreRequest.SerializeToString,
+                response_deserializer=buildd_dot_v1_dot_buildd__pb2.PruneStoreResponse.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/buildd.v1.Buildd/Shutdown',
                 request_serializer=buildd_dot_v1_dot_buildd__pb2.ShutdownRequest.SerializeToString,
@@ -147,9 +152,12 @@ class BuilddServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """End a session now. Its environments and prepared metadata are deleted from
-        disk; environments leased by a running hook call are deleted as soon as
-        that call finishes. Closing an unknown or ended session gives NOT_FOUND.
+        """End a session now. Its prepared metadata, unpacked sources and staging
+        folders are deleted. The environments it used stay in its principal's
+        store when they pass a check (they are deleted when they fail it, and
+        always on a daemon started with --no-store); an environment leased by a
+        running hook call goes the same way as soon as that call finishes.
+        Closing an unknown or ended session gives NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,8 +215,19 @@ class BuilddServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """The daemon, its sessions and their environments.
+        """The daemon, its sessions and their environments, and the caller's store.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneStore(self, request, context):
+        """Delete idle environments of the caller's store (an admin may name every
+        principal's). Leased environments are never touched. The installer's
+        cache is kept. FAILED_PRECONDITION on a daemon started with --no-store;
+        PERMISSION_DENIED when a principal that is not an admin asks for every
+        principal's store.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -314,6 +333,11 @@ def add_BuilddServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.FromString,
                     response_serializer=buildd_dot_v1_dot_buildd__pb2.StatusResponse.SerializeToString,
+            ),
+            'PruneStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneStore,
+                    request_deserializer=buildd_dot_v1_dot_buildd__pb2.PruneStoreRequest.FromString,
+                    response_serializer=buildd_dot_v1_dot_buildd__pb2.PruneStoreResponse.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -585,6 +609,33 @@ class Buildd:
             '/buildd.v1.Buildd/GetStatus',
             buildd_dot_v1_dot_buildd__pb2.GetStatusRequest.SerializeToString,
             buildd_dot_v1_dot_buildd__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/buildd.v1.Buildd/PruneStore',
+            buildd_dot_v1_dot_buildd__pb2.PruneStoreRequest.SerializeToString,
+            buildd_dot_v1_dot_buildd__pb2.PruneStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -118,9 +118,12 @@ class BuilddStub:
     connection broke), the session's idle clock starts again.
     """
     CloseSession: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.CloseSessionRequest, _buildd_pb2.CloseSessionResponse]
-    """End a session now. Its environments and prepared metadata are deleted from
-    disk; environments leased by a running hook call are deleted as soon as
-    that call finishes. Closing an unknown or ended session gives NOT_FOUND.
+    """End a session now. Its prepared metadata, unpacked sources and staging
+    folders are deleted. The environments it used stay in its principal's
+    store when they pass a check (they are deleted when they fail it, and
+    always on a daemon started with --no-store); an environment leased by a
+    running hook call goes the same way as soon as that call finishes.
+    Closing an unknown or ended session gives NOT_FOUND.
     """
     GetRequires: _grpc.UnaryStreamMultiCallable[_buildd_pb2.GetRequiresRequest, _buildd_pb2.Event]
     """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
@@ -158,8 +161,15 @@ class BuilddStub:
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]
-    """The daemon, its sessions and their environments.
+    """The daemon, its sessions and their environments, and the caller's store.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    PruneStore: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.PruneStoreRequest, _buildd_pb2.PruneStoreResponse]
+    """Delete idle environments of the caller's store (an admin may name every
+    principal's). Leased environments are never touched. The installer's
+    cache is kept. FAILED_PRECONDITION on a daemon started with --no-store;
+    PERMISSION_DENIED when a principal that is not an admin asks for every
+    principal's store.
     """
     Shutdown: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]
     """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
@@ -224,9 +234,12 @@ class BuilddAsyncStub(BuilddStub):
     connection broke), the session's idle clock starts again.
     """
     CloseSession: _aio.UnaryUnaryMultiCallable[_buildd_pb2.CloseSessionRequest, _buildd_pb2.CloseSessionResponse]  # type: ignore[assignment]
-    """End a session now. Its environments and prepared metadata are deleted from
-    disk; environments leased by a running hook call are deleted as soon as
-    that call finishes. Closing an unknown or ended session gives NOT_FOUND.
+    """End a session now. Its prepared metadata, unpacked sources and staging
+    folders are deleted. The environments it used stay in its principal's
+    store when they pass a check (they are deleted when they fail it, and
+    always on a daemon started with --no-store); an environment leased by a
+    running hook call goes the same way as soon as that call finishes.
+    Closing an unknown or ended session gives NOT_FOUND.
     """
     GetRequires: _aio.UnaryStreamMultiCallable[_buildd_pb2.GetRequiresRequest, _buildd_pb2.Event]  # type: ignore[assignment]
     """Run `get_requires_for_build_{wheel,sdist,editable}` and report the static
@@ -264,8 +277,15 @@ class BuilddAsyncStub(BuilddStub):
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
     """
     GetStatus: _aio.UnaryUnaryMultiCallable[_buildd_pb2.GetStatusRequest, _buildd_pb2.StatusResponse]  # type: ignore[assignment]
-    """The daemon, its sessions and their environments.
+    """The daemon, its sessions and their environments, and the caller's store.
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+    """
+    PruneStore: _aio.UnaryUnaryMultiCallable[_buildd_pb2.PruneStoreRequest, _buildd_pb2.PruneStoreResponse]  # type: ignore[assignment]
+    """Delete idle environments of the caller's store (an admin may name every
+    principal's). Leased environments are never touched. The installer's
+    cache is kept. FAILED_PRECONDITION on a daemon started with --no-store;
+    PERMISSION_DENIED when a principal that is not an admin asks for every
+    principal's store.
     """
     Shutdown: _aio.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]  # type: ignore[assignment]
     """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
@@ -351,9 +371,12 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         request: _buildd_pb2.CloseSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.CloseSessionResponse, _abc.Awaitable[_buildd_pb2.CloseSessionResponse]]:
-        """End a session now. Its environments and prepared metadata are deleted from
-        disk; environments leased by a running hook call are deleted as soon as
-        that call finishes. Closing an unknown or ended session gives NOT_FOUND.
+        """End a session now. Its prepared metadata, unpacked sources and staging
+        folders are deleted. The environments it used stay in its principal's
+        store when they pass a check (they are deleted when they fail it, and
+        always on a daemon started with --no-store); an environment leased by a
+        running hook call goes the same way as soon as that call finishes.
+        Closing an unknown or ended session gives NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -421,8 +444,21 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
         request: _buildd_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_buildd_pb2.StatusResponse, _abc.Awaitable[_buildd_pb2.StatusResponse]]:
-        """The daemon, its sessions and their environments.
+        """The daemon, its sessions and their environments, and the caller's store.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+
+    @_abc_1.abstractmethod
+    def PruneStore(
+        self,
+        request: _buildd_pb2.PruneStoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_buildd_pb2.PruneStoreResponse, _abc.Awaitable[_buildd_pb2.PruneStoreResponse]]:
+        """Delete idle environments of the caller's store (an admin may name every
+        principal's). Leased environments are never touched. The installer's
+        cache is kept. FAILED_PRECONDITION on a daemon started with --no-store;
+        PERMISSION_DENIED when a principal that is not an admin asks for every
+        principal's store.
         """
 
     @_abc_1.abstractmethod

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from buildd.v1 import buildd_pb2 as pb
 
-from ..events import Event, Log, Phase
+from ..events import BuildWarning, Event, Log, Phase
 from .decode import DIST_NUMBERS
 from .failures import failure
 
@@ -24,11 +24,19 @@ _PHASES: dict[str, int] = {
     "creating_environment": pb.PHASE_KIND_CREATING_ENVIRONMENT,
     "installing_requirements": pb.PHASE_KIND_INSTALLING_REQUIREMENTS,
     "environment_leased": pb.PHASE_KIND_ENVIRONMENT_LEASED,
+    "environment_adopted": pb.PHASE_KIND_ENVIRONMENT_ADOPTED,
     "running_hook": pb.PHASE_KIND_RUNNING_HOOK,
     "hook_finished": pb.PHASE_KIND_HOOK_FINISHED,
     "artifact_written": pb.PHASE_KIND_ARTIFACT_WRITTEN,
+    "artifact_checked": pb.PHASE_KIND_ARTIFACT_CHECKED,
     "cache_hit": pb.PHASE_KIND_CACHE_HIT,
 }
+_WARNINGS: dict[str, int] = {
+    "near_miss": pb.WARNING_KIND_NEAR_MISS,
+    "unknown_key": pb.WARNING_KIND_UNKNOWN_KEY,
+}
+# The phases whose `slot` names the leased instance's slot (-1: not in a store).
+_SLOTTED = frozenset({"environment_leased", "environment_adopted"})
 _STEPS = {
     "start": pb.PHASE_STEP_START,
     "end": pb.PHASE_STEP_END,
@@ -54,12 +62,22 @@ _INTERPRETER_SOURCES = {
 
 
 def event(item: Event, started: float) -> pb.Event:
-    """A phase or log line of a long call that began at ``started`` (monotonic)."""
+    """A phase, log line or warning of a long call that began at ``started`` (monotonic)."""
     if isinstance(item, Log):
         stream = pb.LOG_STREAM_STDOUT if item.stream == "stdout" else pb.LOG_STREAM_STDERR
         return pb.Event(
             log=pb.LogLine(
                 stream=stream, text=item.text, hook=item.hook, source=_LOG_SOURCES[item.source]
+            )
+        )
+    if isinstance(item, BuildWarning):
+        return pb.Event(
+            warning=pb.Warning(
+                kind=_WARNINGS[item.kind],  # type: ignore[arg-type]
+                message=item.message,
+                path=item.path,
+                field=item.field,
+                suggestion=item.suggestion,
             )
         )
     assert isinstance(item, Phase)
@@ -76,6 +94,8 @@ def event(item: Event, started: float) -> pb.Event:
             step=_STEPS[item.step],
             outcome=_OUTCOMES[item.outcome],
             source_fingerprint=item.fingerprint,
+            slot=item.slot if item.name in _SLOTTED else 0,
+            validation_seconds=item.validation_seconds,
         )
     )
 

@@ -31,6 +31,7 @@ from ..routing import check_session_header, header_session
 from . import decode, encode, failures
 from .limits import Limits
 from .status import StatusSource
+from .store_status import prune_store
 from .streams import Bridge, Calls
 
 if TYPE_CHECKING:
@@ -155,9 +156,11 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         def run(who: Principal) -> pb.CloseSessionResponse:
             check_session_header(context.invocation_metadata(), request.session_id, "session_id")
             session = self._registry.close(request.session_id, principal=who.name)
-            deleted, pending = self._service.last_end_counts(session.id)
+            deleted, pending, stored = self._service.last_end_counts(session.id)
             return pb.CloseSessionResponse(
-                environments_deleted=deleted, environments_pending=pending
+                environments_deleted=deleted,
+                environments_pending=pending,
+                environments_stored=stored,
             )
 
         return await self._unary(context, run)
@@ -217,8 +220,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             )
             dist = decode.metadata_distribution(request.distribution)
             # A watch sends no log lines: only metadata and failures.
-            req = dataclasses.replace(decode.context(wire, None, who.name), quiet=True)
+            # Its hooks are contained as the principal's kind requires (containment.py).
+            req = dataclasses.replace(
+                decode.context(wire, None, who.name), quiet=True, remote=who.remote
+            )
             self._auth.check_path(who, wire.source.path, "context.source.path")
+            self._auth.check_interpreter(who, wire.python)
             with self._limits.acquire(who.name, "watches"):
                 # Opening sets up the tree's watcher (a walk of its folders): off the loop.
                 watch = await self._blocking(self._service.watches.open, req, dist, deliver)
@@ -246,6 +253,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             return self.status_source.status(request.session_id, who)
 
         return await self._unary(context, run, blocking=False)
+
+    async def PruneStore(
+        self, request: pb.PruneStoreRequest, context: Context
+    ) -> pb.PruneStoreResponse:
+        # Deletes folders: in the executor, off the event loop.
+        return await self._unary(context, lambda who: prune_store(self._service, request, who))
 
     async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownResponse:
         def run(who: Principal) -> pb.ShutdownResponse:
@@ -386,12 +399,15 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                     context.invocation_metadata(), wire.session_id, "context.session_id"
                 )
                 request = decode.context(wire, deadline, who.name)
+                # What the request starts is contained as its principal's kind requires.
+                request = dataclasses.replace(request, remote=who.remote)
                 for field, path in paths:
                     if path:
                         decode.check_absolute_path(path, field)
                 # A remote principal names daemon paths only under --allow-path.
                 for field, path in (("context.source.path", wire.source.path), *paths):
                     self._auth.check_path(who, path, field)
+                self._auth.check_interpreter(who, wire.python)
             except errors.BuilddError as exc:
                 yield pb.Event(failure=failures.failure(exc))
                 await failures.abort(context, exc, self._metrics, call=name)

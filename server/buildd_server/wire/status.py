@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING
 from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 
+from .. import containment
+from .store_status import add_store_status, environment_info
+
 if TYPE_CHECKING:
     from ..auth import Principal
     from ..config import Config
@@ -18,6 +21,13 @@ if TYPE_CHECKING:
     from ..pool import Pool
     from ..service import BuildService
     from ..sessions import SessionRegistry
+
+
+_CONTAINMENT = {
+    "none": pb.CONTAINMENT_NONE,
+    "pid": pb.CONTAINMENT_PID,
+    "sandbox": pb.CONTAINMENT_SANDBOX,
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,7 @@ class StatusSource:
             else registry.all(scope)
         )
         entries = self.pool.snapshot()
-        creating = self.pool.creating()
+        creating = self.pool.creations()
         response = pb.StatusResponse(
             daemon=pb.DaemonInfo(
                 pid=os.getpid(),
@@ -59,10 +69,15 @@ class StatusSource:
                 max_watches_per_session=self.config.max_watches_per_session,
                 max_watches_per_principal=self.config.caps.watches,
                 watched_trees=self.service.watches.trees.watched(),
+                local_containment=_CONTAINMENT[containment.POLICY.local],
+                remote_containment=_CONTAINMENT[containment.POLICY.remote],
+                containment_setting=containment.POLICY.choice,
+                containment_notes=list(containment.POLICY.notes),
             ),
             principal=who.name,
             admin=who.admin,
         )
+        add_store_status(response, self.service, self.config, scope)
         for session in sessions:
             status = response.sessions.add(
                 session_id=session.wire_id,
@@ -73,29 +88,17 @@ class StatusSource:
                 principal=session.principal,
                 watches=self.service.watches.count(session.id),
             )
+            # Those it leased: its own (--no-store), or of its principal's store.
+            leased = self.service.leased_by(session.id)
             for entry in entries:
-                if entry.owner != session.id:
+                if entry.owner != session.id and id(entry.instance) not in leased:
                     continue
-                env = entry.instance
-                status.environments.add(
-                    id=env.id,
-                    path=str(env.path),
-                    key_id=env.key.id,
-                    interpreter=env.interpreter.executable,
-                    python_version=env.interpreter.version,
-                    requirements=list(env.key.requirements),
-                    state=(
-                        pb.ENVIRONMENT_STATE_LEASED
-                        if entry.state == "leased"
-                        else pb.ENVIRONMENT_STATE_IDLE
-                    ),
-                    hook_calls=env.hook_calls,
-                    created_at=env.created_at,
-                    last_used_at=env.last_used_at,
-                    sources=self.service.sources_of(session.id, env),
-                )
-            for owner, key in creating:
-                if owner == session.id:
+                info = environment_info(entry)
+                info.sources.extend(self.service.sources_of(session.id, entry.instance))
+                status.environments.append(info)
+            for owner, key, party in creating:
+                # Its own (--no-store), or one it asked its principal's store for.
+                if session.id in (owner, party):
                     # Not an instance yet: no id, no path, only what it is made for.
                     status.environments.add(
                         key_id=key.id,

@@ -1,0 +1,278 @@
+"""The corpus results as markdown: docs/compatibility.md, one column per interpreter."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from .check import ProjectResult
+from .compare import COMPILED_SUFFIXES
+from .corpus import Project
+from .frontends import find_uv
+from .interpreters import Interpreter
+
+_CHECKS = (
+    ("metadata_equal", "metadata"),
+    ("wheel_equal", "wheel"),
+    ("metadata_json_equal", "JSON"),
+    ("editable", "editable"),
+)
+
+
+def verdict(result: ProjectResult | None) -> str:
+    """One cell: yes, skipped (why), or what did not hold."""
+    if result is None:
+        return "not run"
+    if result.skipped:
+        return f"skipped: {result.skipped.replace('|', '/')}"
+    if result.passed:
+        return "yes"
+    failed = [label for name, label in _CHECKS if getattr(result, name) is False]
+    if result.metadata_json_equal is None:
+        failed.append("JSON")
+    return "**NO**" + (f" ({', '.join(dict.fromkeys(failed))})" if failed else "")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _by_project(
+    results: Sequence[ProjectResult],
+) -> dict[str, dict[str, ProjectResult]]:
+    table: dict[str, dict[str, ProjectResult]] = {}
+    for result in results:
+        table.setdefault(result.project.key, {})[result.interpreter] = result
+    return table
+
+
+def markdown_table(
+    results: Sequence[ProjectResult], projects: Sequence[Project], interpreters: Sequence[str]
+) -> str:
+    """Project, backend, the wheel's generator, then one verdict column per interpreter."""
+    found = _by_project(results)
+    columns = " | ".join(f"Python {label}" for label in interpreters)
+    lines = [
+        f"| project | version | backend | built by (WHEEL Generator) | editable | {columns} |",
+        "|---|---|---|---|---|" + "---|" * len(interpreters),
+    ]
+    for p in projects:
+        row = found.get(p.key, {})
+        generator = next((r.generator for r in row.values() if r.generator), "?")
+        cells = " | ".join(verdict(row.get(label)) for label in interpreters)
+        editable = "checked" if p.editable else "n/a"
+        lines.append(
+            f"| {p.name} | {p.version} | {p.backend} | {generator} | {editable} | {cells} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def timing_table(
+    results: Sequence[ProjectResult], projects: Sequence[Project], interpreters: Sequence[str]
+) -> str:
+    """Per interpreter: buildd's first build, buildd warm, pypa/build, in seconds."""
+    found = _by_project(results)
+    columns = " | ".join(f"Python {label}" for label in interpreters)
+    lines = [f"| project | {columns} |", "|---|" + "---:|" * len(interpreters)]
+    for p in projects:
+        row = found.get(p.key, {})
+        cells = []
+        for label in interpreters:
+            r = row.get(label)
+            if r is None or r.skipped:
+                cells.append("-")
+            else:
+                times = (r.buildd_first, r.buildd_warm, r.build_time)
+                cells.append(" / ".join(map(_seconds, times)))
+        lines.append(f"| {p.name} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def failures_section(results: Sequence[ProjectResult]) -> str:
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return "None: every project passed every check on every interpreter it supports.\n"
+    parts = []
+    for r in failed:
+        reasons = r.failures or ["a check did not run (see the table)"]
+        body = "\n".join(f"- {reason}" for reason in reasons)
+        title = f"### {r.project.name} {r.project.version}, Python {r.interpreter}"
+        parts.append(f"{title}\n\n```text\n{body}\n```\n")
+    return "\n".join(parts)
+
+
+def skipped_section(results: Sequence[ProjectResult]) -> str:
+    skipped = [r for r in results if r.skipped]
+    if not skipped:
+        return "None."
+    return "\n".join(
+        f"- {r.project.name} {r.project.version} on Python {r.interpreter}: {r.skipped}."
+        for r in skipped
+    )
+
+
+def versions(interpreters: Mapping[str, Interpreter]) -> str:
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    uv = subprocess.run(
+        [find_uv(), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    pythons = ", ".join(str(i.version) for i in interpreters.values())
+    return (
+        f"Python {pythons} on {platform.system()} {platform.machine()} "
+        f"(the runner: {platform.python_version()}), buildd {of('buildd')}, "
+        f"pypa/build {of('build')}, packaging {of('packaging')}, {uv or 'uv'}"
+    )
+
+
+DOC_TEMPLATE = """\
+# Compatibility
+
+<!-- Generated by `python compat/run.py --write-docs`; edit compat/, not this file. -->
+
+buildd must build real projects exactly as pypa/build, the reference frontend,
+does, on every interpreter. The corpus ([compat/corpus.toml](../compat/corpus.toml))
+pins {count} real sdists from PyPI (name, version, SHA-256) over {backends} build
+backends, each built on Python {pythons}: by one daemon, in one session, with
+pypa/build run by the same interpreter.
+
+Run it (after `pip install -e '.[dev]'`; it needs PyPI for the build requirements):
+
+```sh
+python compat/run.py --write-docs       # all projects; rewrites this file
+python compat/run.py --only tomli       # one project
+python compat/run.py --python 3.13      # one interpreter
+python -m pytest tests/compat -m corpus # the same checks as pytest tests
+```
+
+The fast subset ({fast}) is not marked `corpus`, so `bash .ci/run` runs it too,
+on every interpreter: both frontends then install only from the test wheelhouse
+(`--no-index`), and no network is needed once the sdists are in `.cache/compat`.
+
+## Results
+
+{table}
+Last run: {date}, {versions}, build requirements from {index}.
+
+Each interpreter's cell says **yes** when every check held:
+
+- **metadata**: the METADATA that buildd's `prepare_metadata_for_build_wheel`
+  (or its fallback, a wheel) returned equals the METADATA inside buildd's wheel
+  and inside pypa/build's wheel;
+- **wheel**: buildd's wheel from the unpacked sdist and buildd's wheel
+  from the sdist file each equal pypa/build's wheel, and all three have a
+  valid RECORD;
+- **JSON**: `buildd-client metadata --json` prints the object
+  `python -m build --metadata` prints for the same tree, the same way (pypa/build
+  run by that interpreter, with the same `packaging` version as the client); only
+  the key order may differ, as pypa/build's own changes from run to run
+  (packaging collects the fields through a frozenset). For a project with config
+  settings, pypa/build reads its own wheel instead: on a tree, its `--metadata`
+  passes the settings to `get_requires_for_build_wheel` only, not to
+  `prepare_metadata_for_build_wheel` or the wheel build it falls back on, and
+  numpy fails without them;
+- **editable** (projects marked "checked"): a PEP 660 editable wheel built by
+  buildd installs into a fresh virtualenv of that interpreter, and `import`
+  there finds the module in the source tree.
+
+A project whose sdist's Requires-Python excludes an interpreter is skipped on
+it, with the reason in its cell.
+
+### Times
+
+Seconds, per interpreter: buildd's first build (metadata, then the wheel, in
+the run's session: including creating and filling the build environment when
+no earlier project had that key on that interpreter) / buildd warm (the wheel
+again from the sdist file, reusing that environment) / `python -m build --wheel
+--installer uv`, which makes a new environment every time. Both install with uv,
+so the difference is environment reuse, not the installer. buildd's first build
+also prepares the metadata (two more hook processes) and compiles the bytecode
+of the environments it fills, once, so that later hook calls start faster. One
+run on a 2-core machine shared with other work: the numbers are indicative.
+
+{timings}
+## Failures
+
+{failures}
+## Skipped
+
+{skipped}
+
+## What is compared, and what is not
+
+- The wheel's file name (so its tags), its list of members, and every member
+  byte for byte, except:
+  - compiled members (`{suffixes}`, or content starting with an ELF, Mach-O
+    or PE header): the compiler is run twice, and its output's bytes may
+    differ; their names, and so their ABI tags, are still compared;
+  - `RECORD`, whose rows for compiled members differ with them: it is
+    validated on its own instead (one row per member, sha256-or-stronger
+    digests and sizes that match, its own row empty, nothing listed that is
+    missing), for every wheel, buildd's and pypa/build's;
+  - `METADATA` and `WHEEL`, compared as header lists (names case-insensitive as
+    in RFC 822; values, order and repetition exact) plus the body; line endings
+    normalised;
+  - CycloneDX SBOMs (PEP 770, `.dist-info/sboms/*.json`, written by maturin):
+    compared without `serialNumber` (a random UUID by the CycloneDX spec) and
+    `metadata.timestamp` (the build time), and with cargo's `path+file://` URL
+    of the source tree replaced by a placeholder (every build, by either
+    frontend, unpacks the sdist into a different folder). Any other change in
+    them counts;
+  - numpy's `__config__.py`, the record its meson build writes of itself:
+    compared with the build environment's interpreter path (every frontend
+    makes its own environment at its own path) and meson's `dep<number>` names
+    of dependencies it did not find (a Python object id, different in every
+    run, buildd's two builds included) replaced by placeholders.
+
+  Nothing else is normalised or ignored.
+- The filename's tags must be exactly the `Tag` lines of `WHEEL`.
+- Timestamps inside the zip are not compared (no frontend fixes them here).
+
+Both frontends use the same interpreter, the same index options, uv as the
+installer, and no pip or uv configuration of the machine: the daemon passes its
+`--index-url`/`--find-links`/`--no-index` to `uv pip install --no-config`;
+`python -m build` runs with no `PIP_*` or `UV_*` variable, `PIP_CONFIG_FILE=/dev/null`
+and `UV_CONFIG_FILE` naming a uv.toml that holds the same three options. For an
+interpreter other than the runner's own, pypa/build runs from a fresh virtualenv
+of that interpreter holding pypa/build and the runner's `packaging` version.
+Each build gets its own freshly unpacked copy of the sdist, so that no build
+reuses another's leftovers (`build/`, `target/`, `.mesonpy-*`).
+
+## The projects
+
+{notes}
+"""
+
+
+def render_docs(
+    results: Sequence[ProjectResult],
+    projects: Sequence[Project],
+    interpreters: Mapping[str, Interpreter],
+    index: str,
+) -> str:
+    notes = "\n".join(f"- **{p.name} {p.version}** ({p.backend}): {p.note}" for p in projects)
+    # The backend's name is the label's first word ("setuptools, legacy (...)").
+    backends = {p.backend.split()[0].rstrip(",") for p in projects}
+    labels = list(interpreters)
+    return DOC_TEMPLATE.format(
+        count=len(projects),
+        backends=len(backends),
+        pythons=", ".join(labels),
+        fast=", ".join(p.name for p in projects if p.fast),
+        table=markdown_table(results, projects, labels),
+        timings=timing_table(results, projects, labels),
+        date=datetime.date.today().isoformat(),
+        versions=versions(interpreters),
+        index=index,
+        failures=failures_section(results),
+        skipped=skipped_section(results),
+        suffixes="`, `".join(COMPILED_SUFFIXES),
+        notes=notes,
+    )
