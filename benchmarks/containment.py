@@ -30,15 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 for part in ("proto", "client", "server", "tests"):
     sys.path.insert(0, str(REPO / part))
 
-from buildd_server import containment, zygotes  # noqa: E402
 from buildd_server.config import InstallerOptions  # noqa: E402
-from buildd_server.environments import EnvironmentFactory  # noqa: E402
-from buildd_server.hooks import Hooks  # noqa: E402
-from buildd_server.installers import select_installer  # noqa: E402
-from buildd_server.interpreters import resolve_interpreter  # noqa: E402
-from buildd_server.keys import make_key  # noqa: E402
-from buildd_server.processes import run_process  # noqa: E402
-from buildd_server.sources import load_project  # noqa: E402
+from buildd_server.environments.environments import EnvironmentFactory  # noqa: E402
+from buildd_server.environments.installers import select_installer  # noqa: E402
+from buildd_server.environments.interpreters import resolve_interpreter  # noqa: E402
+from buildd_server.environments.keys import make_key  # noqa: E402
+from buildd_server.hooks import containment, zygotes  # noqa: E402
+from buildd_server.hooks.hooks import Hooks  # noqa: E402
+from buildd_server.hooks.processes import run_process  # noqa: E402
+from buildd_server.sources.sources import load_project  # noqa: E402
 from support.projects import setuptools_project  # noqa: E402
 
 MODES: tuple[containment.Mode, ...] = ("none", "pid", "sandbox")

@@ -142,7 +142,7 @@ def test_an_environment_being_created_is_reported_creating(
 def test_list_interpreters_names_where_each_was_found(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
-    from buildd_server.interpreter_discovery import discover_interpreters
+    from buildd_server.environments.interpreter_discovery import discover_interpreters
 
     own = discover_interpreters()[0].interpreter.executable
     others = [f.interpreter for f in discover_interpreters()[1:] if f.interpreter.executable != own]

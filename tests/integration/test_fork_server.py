@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, cast
 import pytest
 
 from buildd_client import Client
-from buildd_server import zygotes
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import Environment, EnvironmentFactory, Placement
-from buildd_server.hooks import Hooks
-from buildd_server.installers import select_installer
-from buildd_server.interpreters import resolve_interpreter
-from buildd_server.keys import make_key
-from buildd_server.sources import load_project
+from buildd_server.environments.environments import Environment, EnvironmentFactory, Placement
+from buildd_server.environments.installers import select_installer
+from buildd_server.environments.interpreters import resolve_interpreter
+from buildd_server.environments.keys import make_key
+from buildd_server.hooks import zygotes
+from buildd_server.hooks.hooks import Hooks
+from buildd_server.sources.sources import load_project
 from support.projects import flit_project, hatchling_project, setuptools_project
 
 if TYPE_CHECKING:

@@ -225,7 +225,7 @@ def _tamper_pth(env: Path) -> None:
 
 
 def _tamper_upgrade(env: Path, wheelhouse: Path) -> None:
-    from buildd_server.installers import find_uv
+    from buildd_server.environments.installers import find_uv
 
     uv = find_uv()
     assert uv is not None

@@ -57,11 +57,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from buildd_client import Client
-from buildd_server import artifacts
+from buildd_server.artifacts import artifacts
 from buildd_server.config import Config
-from buildd_server.pool import Pool
-from buildd_server.service import BuildService
-from buildd_server.sessions import Session, SessionRegistry
+from buildd_server.pool.pool import Pool
+from buildd_server.service.service import BuildService
+from buildd_server.service.sessions import Session, SessionRegistry
 from support.projects import probe_project, read_probe_log
 from support.reliability import (
     client_env,

@@ -10,7 +10,7 @@ import pytest
 from buildd_client.addresses import parse_address
 from buildd_client.credentials import Credentials, read_token
 from buildd_server import errors
-from buildd_server.auth import (
+from buildd_server.access.auth import (
     ANONYMOUS,
     LOCAL,
     Authenticator,

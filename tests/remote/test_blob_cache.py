@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from buildd_server import errors
-from buildd_server.blobs import BlobStore, parse_digest
 from buildd_server.config import SourceLimits
+from buildd_server.sources.blobs import BlobStore, parse_digest
 
 KIB = 1 << 10
 

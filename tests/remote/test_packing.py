@@ -10,7 +10,7 @@ import pytest
 
 from buildd_client.remote import FIXED_MTIME, PackError, pack_source
 from buildd_server.config import SourceLimits
-from buildd_server.sources import unpack_sdist
+from buildd_server.sources.sources import unpack_sdist
 from support.projects import setuptools_project
 
 

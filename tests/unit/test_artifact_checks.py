@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from buildd_server import checks, errors
-from buildd_server.sources import Project
+from buildd_server import errors
+from buildd_server.artifacts import checks
+from buildd_server.sources.sources import Project
 
 PROJECT = Project(Path("/src/demo"), Path("/src/demo/pyproject.toml"), (), "demo_backend", ())
 METADATA = b"Metadata-Version: 2.1\nName: Demo.Pkg\nVersion: 1.0\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from buildd_server import containment, sandbox
 from buildd_server.errors import DaemonStartupError
+from buildd_server.hooks import containment, sandbox
 
 STATE = Path("/srv/buildd-state")
 WORKS = containment.Machine("/usr/bin/bwrap", "", "", True, "")

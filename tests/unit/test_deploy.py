@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from buildd_client.routing import SESSION_HEADER
-from buildd_server.cli import config_from_args
+from buildd_server.daemon.cli import config_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"

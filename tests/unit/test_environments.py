@@ -17,11 +17,16 @@ import pytest
 
 from buildd_server import errors
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import METADATA_FILE, Environment, EnvironmentFactory, Placement
+from buildd_server.environments.environments import (
+    METADATA_FILE,
+    Environment,
+    EnvironmentFactory,
+    Placement,
+)
+from buildd_server.environments.installers import Installer, select_installer
+from buildd_server.environments.interpreters import Interpreter, resolve_interpreter
+from buildd_server.environments.keys import EnvKey, make_key
 from buildd_server.events import Event, Log, Phase
-from buildd_server.installers import Installer, select_installer
-from buildd_server.interpreters import Interpreter, resolve_interpreter
-from buildd_server.keys import EnvKey, make_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

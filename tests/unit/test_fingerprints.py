@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from buildd_server import fingerprints
-from buildd_server.fingerprints import TreeIndex
+from buildd_server.sources import fingerprints
+from buildd_server.sources.fingerprints import TreeIndex
 
 
 def _tree(root: Path) -> Path:

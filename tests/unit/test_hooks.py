@@ -16,16 +16,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from buildd_server import errors, processes
+from buildd_server import errors
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import Environment, EnvironmentFactory, Placement
+from buildd_server.environments.environments import Environment, EnvironmentFactory, Placement
+from buildd_server.environments.installers import select_installer
+from buildd_server.environments.interpreters import resolve_interpreter
+from buildd_server.environments.keys import make_key
 from buildd_server.events import Event, Log, Phase
-from buildd_server.hooks import Hooks
-from buildd_server.installers import select_installer
-from buildd_server.interpreters import resolve_interpreter
-from buildd_server.keys import make_key
-from buildd_server.processes import CUT_MARK, MAX_LINE_BYTES, TAIL_LINES
-from buildd_server.sources import load_project
+from buildd_server.hooks import processes
+from buildd_server.hooks.hooks import Hooks
+from buildd_server.hooks.processes import CUT_MARK, MAX_LINE_BYTES, TAIL_LINES
+from buildd_server.sources.sources import load_project
 from support.projects import setuptools_project
 
 # The runner turns backend warnings into log lines; pyproject_hooks' own copy

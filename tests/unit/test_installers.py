@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from buildd_server import installers
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import EnvironmentFactory, Placement
+from buildd_server.environments import installers
+from buildd_server.environments.environments import EnvironmentFactory, Placement
+from buildd_server.environments.installers import PipInstaller, UvInstaller, select_installer
+from buildd_server.environments.interpreters import resolve_interpreter
+from buildd_server.environments.keys import make_key
 from buildd_server.errors import DaemonStartupError
 from buildd_server.events import Event, Log
-from buildd_server.installers import PipInstaller, UvInstaller, select_installer
-from buildd_server.interpreters import resolve_interpreter
-from buildd_server.keys import make_key
 
 OPTIONS = InstallerOptions(
     index_url="https://index.example/simple",

@@ -1,4 +1,4 @@
-"""Unit tests of buildd_server.interpreters, against the real Pythons of the machine."""
+"""Unit tests of buildd_server.environments.interpreters, against the machine's real Pythons."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import packaging
 import pytest
 from packaging.markers import default_environment
 
-from buildd_server import interpreters
+from buildd_server.environments import interpreters
+from buildd_server.environments.interpreters import resolve_interpreter
 from buildd_server.errors import InterpreterNotFound, InvalidRequest
-from buildd_server.interpreters import resolve_interpreter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

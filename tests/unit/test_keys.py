@@ -1,4 +1,4 @@
-"""Unit tests of buildd_server.keys: requirement normalisation and the environment key."""
+"""Unit tests of buildd_server.environments.keys: requirement normalisation, the key."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from packaging.markers import default_environment
 
 from buildd_server.config import InstallerOptions
+from buildd_server.environments.interpreters import Interpreter
+from buildd_server.environments.keys import EnvKey, make_key, normalize_requirements
 from buildd_server.errors import InvalidProject
-from buildd_server.interpreters import Interpreter
-from buildd_server.keys import EnvKey, make_key, normalize_requirements
 
 ORIGIN = "/p/pyproject.toml: build-system.requires"
 
@@ -153,7 +153,7 @@ def test_id_is_16_hex_and_depends_on_every_field() -> None:
 
 def test_id_is_stable_across_processes() -> None:
     code = (
-        "from buildd_server.keys import EnvKey; "
+        "from buildd_server.environments.keys import EnvKey; "
         "print(EnvKey(('/usr/bin/python3.12', 'cpython', '3.12.1', 'linux-x86_64'), "
         "('setuptools>=40.8', 'wheel'), 'uv', "
         "(('index_url', ''), ('extra_index_urls', ''), ('find_links', ''), ('no_index', '0'))).id)"

@@ -8,8 +8,8 @@ import pytest
 import tomllib
 
 from buildd_server import errors
-from buildd_server.lint import near_miss, pyproject_warnings
-from buildd_server.sources import load_project
+from buildd_server.sources.lint import near_miss, pyproject_warnings
+from buildd_server.sources.sources import load_project
 
 WHERE = "/src/demo/pyproject.toml"
 

@@ -15,14 +15,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import pytest
 
-from buildd_server.pool import (
-    InstanceGone,
-    Lease,
-    OwnerGone,
-    Pool,
-    PoolCancelled,
-    PoolTimeout,
-)
+from buildd_server.pool.pool import InstanceGone, Lease, OwnerGone, Pool, PoolCancelled, PoolTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -10,8 +10,8 @@ import pytest
 
 from buildd_client.routing import SESSION_HEADER, new_session_id
 from buildd_server import errors
-from buildd_server.routing import check_session_header, header_session
-from buildd_server.sessions import SessionRegistry
+from buildd_server.access.routing import check_session_header, header_session
+from buildd_server.service.sessions import SessionRegistry
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -181,7 +181,7 @@ def test_a_header_given_twice_must_agree_with_itself() -> None:
 def test_the_daemon_id_defaults_to_the_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from buildd_server.cli import config_from_args
+    from buildd_server.daemon.cli import config_from_args
 
     monkeypatch.delenv("BUILDD_DAEMON_ID", raising=False)
     assert config_from_args([]).daemon_id == socket.gethostname()[:64]
@@ -194,7 +194,7 @@ def test_the_daemon_id_defaults_to_the_host_name(monkeypatch: pytest.MonkeyPatch
 def test_a_malformed_daemon_id_is_a_usage_error(
     bad: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from buildd_server.cli import config_from_args
+    from buildd_server.daemon.cli import config_from_args
 
     if not bad:
         # Empty means "the default", not an error.

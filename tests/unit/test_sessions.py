@@ -12,7 +12,7 @@ import pytest
 
 from buildd_client.cli import build_parser
 from buildd_server import errors
-from buildd_server.sessions import Session, SessionRegistry
+from buildd_server.service.sessions import Session, SessionRegistry
 
 if TYPE_CHECKING:
     from pathlib import Path

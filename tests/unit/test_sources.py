@@ -1,4 +1,4 @@
-"""Unit tests of buildd_server.sources: pyproject.toml reading and sdist unpacking."""
+"""Unit tests of buildd_server.sources.sources: pyproject.toml reading and sdist unpacking."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from buildd_server import archives
 from buildd_server.errors import (
     BuilddError,
     InvalidProject,
@@ -18,7 +17,8 @@ from buildd_server.errors import (
     SourceNotFound,
     SourceUnreadable,
 )
-from buildd_server.sources import (
+from buildd_server.sources import archives
+from buildd_server.sources.sources import (
     DEFAULT_BACKEND,
     DEFAULT_REQUIRES,
     is_sdist,

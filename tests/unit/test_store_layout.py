@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from buildd_server import bytecode, manifest
-from buildd_server.environments import METADATA_FILE
-from buildd_server.store import INDEX_FILE, MAX_SOURCES, Store, principal_dir_name
+from buildd_server.environments import bytecode, manifest
+from buildd_server.environments.environments import METADATA_FILE
+from buildd_server.pool.store import INDEX_FILE, MAX_SOURCES, Store, principal_dir_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -305,7 +305,7 @@ def test_a_compile_can_be_stopped_and_waited_for(tmp_path: Path) -> None:
 
 
 def test_store_flags_and_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from buildd_server.cli import config_from_args
+    from buildd_server.daemon.cli import config_from_args
 
     default = config_from_args(["--state-dir", "/tmp/x"])
     assert (default.store, default.store_size, default.store_ttl) == (True, 5 << 30, 7 * 86400.0)
@@ -325,7 +325,7 @@ def test_store_flags_and_their_variables(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_bad_store_flags_are_usage_errors(
     bad: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from buildd_server.cli import config_from_args
+    from buildd_server.daemon.cli import config_from_args
 
     with pytest.raises(SystemExit) as stopped:
         config_from_args(["--state-dir", "/tmp/x", *bad])

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from buildd_server import errors
-from buildd_server.requests import MetadataOutcome, Request
-from buildd_server.watches import MetadataWatch, Runner, WatchUpdate
+from buildd_server.service.requests import MetadataOutcome, Request
+from buildd_server.service.watches import MetadataWatch, Runner, WatchUpdate
 
 WAIT = 10.0
 

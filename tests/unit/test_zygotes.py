@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from buildd_server import errors, zygotes
+from buildd_server import errors
 from buildd_server.config import InstallerOptions
-from buildd_server.environments import Environment, EnvironmentFactory, Placement
+from buildd_server.environments.environments import Environment, EnvironmentFactory, Placement
+from buildd_server.environments.installers import select_installer
+from buildd_server.environments.interpreters import resolve_interpreter
+from buildd_server.environments.keys import make_key
 from buildd_server.events import Event, Log
-from buildd_server.hooks import Hooks
-from buildd_server.installers import select_installer
-from buildd_server.interpreters import resolve_interpreter
-from buildd_server.keys import make_key
-from buildd_server.sources import load_project
+from buildd_server.hooks import zygotes
+from buildd_server.hooks.hooks import Hooks
+from buildd_server.sources.sources import load_project
 from support.fork_probe import MODULE, NAME, fork_probe_project, read_log, write_probe_wheel
 from support.projects import probe_project
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Literal
 from buildd.v1 import buildd_pb2 as pb
 
 from .. import errors
-from ..blobs import parse_digest
-from ..requests import Dist, Request
+from ..service.requests import Dist, Request
+from ..sources.blobs import parse_digest
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

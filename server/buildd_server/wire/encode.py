@@ -14,9 +14,9 @@ from .failures import failure
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ..interpreter_discovery import FoundInterpreter
-    from ..requests import ArtifactOutcome, MetadataOutcome, RequiresOutcome
-    from ..watches import WatchUpdate
+    from ..environments.interpreter_discovery import FoundInterpreter
+    from ..service.requests import ArtifactOutcome, MetadataOutcome, RequiresOutcome
+    from ..service.watches import WatchUpdate
 
 _PHASES: dict[str, int] = {
     "key_resolved": pb.PHASE_KIND_KEY_RESOLVED,

@@ -31,14 +31,14 @@ import grpc
 import grpc.aio
 
 from .. import errors
-from ..auth import OPEN_SERVICES
+from ..access.auth import OPEN_SERVICES
 from . import failures
 from .transfers import MAX_CHUNK
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-    from ..auth import Authenticator
+    from ..access.auth import Authenticator
     from ..config import PrincipalCaps
     from ..metrics import Metrics
 

@@ -25,9 +25,9 @@ from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
 
 from .. import errors
-from ..auth import Authenticator, Principal
-from ..interpreter_discovery import discover_interpreters
-from ..routing import check_session_header, header_session
+from ..access.auth import Authenticator, Principal
+from ..access.routing import check_session_header, header_session
+from ..environments.interpreter_discovery import discover_interpreters
 from . import decode, encode, failures
 from .limits import Limits
 from .status import StatusSource
@@ -40,14 +40,14 @@ if TYPE_CHECKING:
     import grpc.aio
 
     from ..config import Config
-    from ..environments import Environment
+    from ..environments.environments import Environment
+    from ..environments.keys import EnvKey
     from ..events import Event
-    from ..keys import EnvKey
-    from ..pool import Pool
-    from ..requests import Request
-    from ..service import BuildService
-    from ..sessions import SessionRegistry
-    from ..watches import WatchUpdate
+    from ..pool.pool import Pool
+    from ..service.requests import Request
+    from ..service.service import BuildService
+    from ..service.sessions import SessionRegistry
+    from ..service.watches import WatchUpdate
     from .streams import Blocking
     from .transfers import Transfers
 

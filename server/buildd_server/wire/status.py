@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING
 from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 
-from .. import containment
+from ..hooks import containment
 from .store_status import add_store_status, environment_info
 
 if TYPE_CHECKING:
-    from ..auth import Principal
+    from ..access.auth import Principal
     from ..config import Config
-    from ..environments import Environment
-    from ..keys import EnvKey
-    from ..pool import Pool
-    from ..service import BuildService
-    from ..sessions import SessionRegistry
+    from ..environments.environments import Environment
+    from ..environments.keys import EnvKey
+    from ..pool.pool import Pool
+    from ..service.service import BuildService
+    from ..service.sessions import SessionRegistry
 
 
 _CONTAINMENT = {

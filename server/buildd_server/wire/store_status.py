@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 from buildd.v1 import buildd_pb2 as pb
 
 from .. import errors
-from ..storekeeper import CHECK_PARTY
+from ..pool.storekeeper import CHECK_PARTY
 
 if TYPE_CHECKING:
-    from ..auth import Principal
+    from ..access.auth import Principal
     from ..config import Config
-    from ..environments import Environment
-    from ..keys import EnvKey
-    from ..pool import PoolEntry
-    from ..service import BuildService
+    from ..environments.environments import Environment
+    from ..environments.keys import EnvKey
+    from ..pool.pool import PoolEntry
+    from ..service.service import BuildService
 
 
 def environment_info(entry: PoolEntry[EnvKey, Environment]) -> pb.EnvironmentInfo:

@@ -34,10 +34,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from contextlib import AbstractContextManager
 
-    from ..auth import Principal
-    from ..blobs import BlobStore
+    from ..access.auth import Principal
     from ..metrics import Metrics
-    from ..sessions import SessionRegistry
+    from ..service.sessions import SessionRegistry
+    from ..sources.blobs import BlobStore
     from .streams import Blocking
 
 log = structlog.get_logger("buildd.transfers")

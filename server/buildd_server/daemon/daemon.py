@@ -1,0 +1,516 @@
+"""The daemon process: state folder, listening address, lifecycle.
+
+Start-up order matters: the state-dir lock is taken first, so a second daemon
+on the same folder stops before touching anything; only then are the orphans
+of a crashed run deleted (nobody else can be using them) and the address bound.
+
+Threads: the main thread runs the lifecycle, top to bottom (start, wait for
+a signal, the Shutdown RPC or the idle timeout, drain, clean up), and blocks
+wherever that is simplest. The gRPC server (``grpc.aio``) runs on an event
+loop in a thread of its own, ``buildd-grpc``, so it keeps answering (health
+NOT_SERVING, status) while the main thread waits out a drain; the main thread
+hands it work with ``EventLoopThread.call``. Long calls run in worker threads of
+their own, short blocking work in the ``buildd-blocking`` executor
+(``wire/streams.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import stat
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import filelock
+import grpc
+import grpc.aio
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from buildd.v1 import buildd_pb2, buildd_pb2_grpc
+from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
+
+from ..access.access import LocalToken, check_folder
+from ..access.auth import Authenticator, check_listen, server_credentials
+from ..environments.bytecode import COMPILER
+from ..environments.environments import Environment, EnvironmentFactory
+from ..environments.installers import select_installer
+from ..errors import DaemonStartupError
+from ..hooks import containment, zygotes
+from ..metrics import Metrics
+from ..pool.pool import Pool
+from ..pool.store import Store
+from ..pool.storekeeper import StoreKeeper
+from ..service.service import BuildService
+from ..service.sessions import Session, SessionRegistry
+from ..sources.blobs import BlobStore
+from ..wire.limits import TRANSPORT_LIMIT, Limits
+from ..wire.servicer import Servicer
+from ..wire.streams import Blocking, EventLoopThread
+from ..wire.transfers import Transfers
+from .reflection import enable_reflection
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from ..config import Config
+    from ..environments.keys import EnvKey
+
+log = structlog.get_logger("buildd.daemon")
+
+SERVICE_NAME = buildd_pb2.DESCRIPTOR.services_by_name["Buildd"].full_name
+# Replies may be large (a METADATA file); requests are bounded per RPC (wire/limits.py).
+_MAX_SEND = 64 * 1024 * 1024
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Daemon:
+    """One running buildd-server."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.address = parse_address(config.address or default_address())
+        self._lock: filelock.BaseFileLock | None = None
+        self._server: grpc.aio.Server | None = None
+        self._events: EventLoopThread | None = None
+        self._blocking: futures.ThreadPoolExecutor | None = None
+        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self._health = health.aio.HealthServicer()
+        self._grace: float | None = None
+        self.metrics_port = 0
+        self._local_token: LocalToken | None = None
+
+    # -------------------------------------------------------------- start --
+
+    def start(self) -> None:
+        """Take the state folder, reclaim orphans, bind the address and serve."""
+        # Tokens, TLS files and the address policy are checked before anything
+        # is touched (auth.py): a daemon that would listen unprotected stops here.
+        self.auth = Authenticator.from_config(self.config)
+        self._tls = server_credentials(self.config)
+        check_listen(self.address, self.auth, self._tls is not None, self.config.insecure)
+        if (
+            self.address.kind == "tcp"
+            and self.address.is_local
+            and not self.auth.tokens_configured
+            and not self.config.insecure
+        ):
+            # Loopback TCP reaches every local user: only this user gets the token.
+            self._local_token = LocalToken()
+            self.auth.add_local_token(self._local_token.value)
+        self._take_state_dir()
+        installer = select_installer(self.config.installer)
+        sessions_root = self.config.state_dir / "sessions"
+        sessions_root.mkdir(mode=0o700, exist_ok=True)
+        containment.configure(self._containment(installer.name))
+
+        factory = EnvironmentFactory(
+            self.config.state_dir,
+            installer,
+            self.config.installer_options,
+            fork_server=self.config.fork_server,
+        )
+        holder: list[BuildService] = []
+        keepers: list[StoreKeeper] = []
+
+        def destroy(env: Environment) -> None:
+            holder[0].destroy_environment(env)
+
+        def validate(env: Environment) -> bool:
+            return keepers[0].validate(env)
+
+        def on_end(session: Session) -> None:
+            holder[0].session_ended(session)
+
+        self.pool: Pool[EnvKey, Environment] = Pool(
+            max_per_key=self.config.max_envs_per_key,
+            max_total=self.config.max_envs,
+            destroy=destroy,
+            validate=validate,
+        )
+        self.registry = SessionRegistry(
+            sessions_root, self.config.session_ttl, on_end, daemon_id=self.config.daemon_id
+        )
+        self.metrics = Metrics()
+        self.store = Store(self.config.state_dir / "envs", enabled=self.config.store)
+        self.keeper = StoreKeeper(
+            self.store,
+            self.pool,
+            factory,
+            self.metrics,
+            max_bytes=self.config.store_size,
+            ttl=self.config.store_ttl,
+        )
+        keepers.append(self.keeper)
+        factory.on_resized = self.keeper.changed
+        self.blobs = BlobStore(
+            self.config.state_dir / "blobs",
+            self.config.blob_cache_size,
+            self.config.source_limits,
+        )
+        self.service = BuildService(
+            self.config,
+            self.registry,
+            self.pool,
+            factory,
+            installer.name,
+            self.metrics,
+            blobs=self.blobs,
+            store=self.store,
+            keeper=self.keeper,
+        )
+        holder.append(self.service)
+        if self.config.store:
+            # Before serving: a request must never meet an instance twice.
+            self.keeper.adopt()
+        self._blocking = futures.ThreadPoolExecutor(
+            max_workers=self.config.max_workers, thread_name_prefix="buildd-blocking"
+        )
+        blocking = Blocking(self._blocking)
+        self.limits = Limits(self.config.caps)
+        self.servicer = Servicer(
+            self.config,
+            self.address.target,
+            self.service,
+            self.registry,
+            self.pool,
+            installer.name,
+            blocking=blocking,
+            auth=self.auth,
+            transfers=Transfers(self.blobs, self.registry, self.metrics, blocking),
+            limits=self.limits,
+        )
+        self.servicer.on_shutdown = self.request_stop
+        self.metrics.watch(
+            sessions=lambda: len(self.registry),
+            environments=self._environment_counts,
+            active_calls=lambda: self.servicer.calls.active,
+            held=self.limits.totals,
+            store_bytes=(lambda: self.keeper.usage()[0]) if self.config.store else None,
+        )
+        # Everything that can refuse to start does so before the socket exists.
+        if self.config.metrics_address:
+            self._serve_metrics(self.config.metrics_address)
+        self._events = EventLoopThread()
+        self._server = self._events.call(self._serve())
+        self.registry.start_reaper(min(5.0, max(0.05, self.config.session_ttl / 10)))
+        if self.config.store:
+            # Often enough that an idle instance outlives --store-ttl by at most a quarter.
+            self.keeper.start(min(30.0, max(0.2, self.config.store_ttl / 4)))
+        log.info(
+            "daemon_started",
+            address=self.address.target,
+            daemon_id=self.config.daemon_id,
+            pid=os.getpid(),
+            state_dir=str(self.config.state_dir),
+            installer=installer.name,
+            tls=self._tls is not None,
+            client_certificates=self.config.tls_client_ca is not None,
+            principals=self.auth.principals or ["local"],
+            local_token=str(self._local_token.path) if self._local_token else None,
+            admins=list(self.config.admins),
+            allow_paths=[str(p) for p in self.auth.allow_paths],
+            caps=dataclasses.asdict(self.config.caps),
+        )
+
+    def _containment(self, installer: str) -> containment.Policy:
+        """Probe and fix how hooks and installs are contained (refuses what cannot be had)."""
+        config = self.config
+        secrets = [p for p in (config.token_file, config.tls_key) if p is not None]
+        if self.address.kind == "unix" and self.address.path:
+            secrets.append(Path(self.address.path))
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / installer
+        with contextlib.suppress(OSError):
+            cache.mkdir(parents=True, exist_ok=True)
+        choice = config.containment
+        assert choice in containment.CHOICES
+        return containment.detect(
+            choice,
+            state_dir=config.state_dir,
+            remote_possible=config.token_file is not None or not self.address.is_local,
+            hidden_files=secrets,
+            install_readable=[
+                Path(link) for link in config.installer_options.find_links if "://" not in link
+            ],
+            install_writable=[cache] if cache.is_dir() else [],
+        )
+
+    async def _serve(self) -> grpc.aio.Server:
+        """On the event loop: the gRPC server, bound and serving."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", TRANSPORT_LIMIT),
+                ("grpc.max_send_message_length", _MAX_SEND),
+                ("grpc.so_reuseport", 0),
+            ],
+            # Tokens first (auth.py), then per-RPC message limits and stream caps.
+            interceptors=[
+                self.auth.interceptor(),
+                self.limits.interceptor(self.auth, self.metrics),
+            ],
+        )
+        buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
+        self._bind(server)
+        # Port 0 is bound to a real port only now: status reports that one.
+        self.servicer.address = self.address.target
+        await server.start()
+        await self._set_health(_SERVING)
+        return server
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+    def _serve_metrics(self, text: str) -> None:
+        where = parse_address(text)
+        if where.kind != "tcp":
+            raise DaemonStartupError(f"--metrics-address: {text!r} must be HOST:PORT")
+        try:
+            port = self.metrics.serve(where.host, where.port)
+        except OSError as exc:
+            raise DaemonStartupError(f"--metrics-address: cannot listen on {text}: {exc}") from exc
+        self.metrics_port = port
+        log.info("metrics_serving", address=f"http://{where.host}:{port}/metrics")
+
+    def _environment_counts(self) -> dict[str, int]:
+        counts = {"idle": 0, "leased": 0, "creating": len(self.pool.creating())}
+        for entry in self.pool.snapshot():
+            counts[entry.state] += 1
+        return counts
+
+    def _take_state_dir(self) -> None:
+        state = self.config.state_dir
+        try:
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = state / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise DaemonStartupError(f"state dir {state} is not writable: {exc.strerror}") from exc
+        check_folder(state, "state dir")
+        lock = filelock.FileLock(str(state / "daemon.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout as exc:
+            owner = _read_text(state / "daemon.pid")
+            raise DaemonStartupError(
+                f"state dir {state} is in use by another buildd daemon"
+                + (f" (pid {owner})" if owner else "")
+                + "; give this one its own --state-dir"
+            ) from exc
+        self._lock = lock
+        (state / "daemon.pid").write_text(str(os.getpid()))
+        # With the lock held nobody else can be using these: they are what a
+        # crashed or killed daemon left behind. Hooks of that daemon may still
+        # run (each in its own process group): stop them before deleting the
+        # environments they run in.
+        sessions = state / "sessions"
+        killed = _kill_processes_under(sessions) + _kill_processes_under(state / "envs")
+        reclaimed = 0
+        if sessions.is_dir():
+            for child in sessions.iterdir():
+                shutil.rmtree(child, ignore_errors=True)
+                reclaimed += 1
+        if reclaimed or killed:
+            log.info(
+                "orphans_reclaimed", sessions=reclaimed, processes=killed, state_dir=str(state)
+            )
+
+    def abandon_start(self) -> None:
+        """Undo a start that failed half-way: stop serving, release the state folder."""
+        metrics: Metrics | None = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.stop()
+        if self._local_token is not None:
+            self._local_token.remove()
+        if self._events is not None:
+            self._events.close()
+        if self._blocking is not None:
+            self._blocking.shutdown(wait=False)
+        if self._lock is not None and self._lock.is_locked:
+            with contextlib.suppress(FileNotFoundError):
+                (self.config.state_dir / "daemon.pid").unlink()
+            self._lock.release()
+
+    def _bind(self, server: grpc.aio.Server) -> None:
+        address = self.address
+        if address.kind == "unix":
+            assert address.path
+            path = Path(address.path)
+            if len(os.fsencode(path)) > 107:
+                raise DaemonStartupError(
+                    f"--address: unix socket path {path} is longer than 107 bytes"
+                )
+            if address.target == parse_address(default_address()).target:
+                ensure_private_dir(path.parent)
+            elif not path.parent.is_dir():
+                raise DaemonStartupError(f"--address: folder {path.parent} does not exist")
+            check_folder(path.parent, "--address: the socket's folder")
+            _clear_stale_socket(path)
+            old_umask = os.umask(0o177)
+            try:
+                port = server.add_insecure_port(address.target)
+            except RuntimeError as exc:
+                raise DaemonStartupError(f"--address: cannot listen on {path}: {exc}") from exc
+            finally:
+                os.umask(old_umask)
+            if port == 0:
+                raise DaemonStartupError(f"--address: cannot listen on {path}")
+            os.chmod(path, 0o600)
+            return
+        # Non-loopback addresses were vetted in start() (auth.check_listen).
+        try:
+            if self._tls is not None:
+                port = server.add_secure_port(address.target, self._tls)
+            else:
+                port = server.add_insecure_port(address.target)
+        except RuntimeError as exc:
+            raise DaemonStartupError(
+                f"--address: cannot listen on {address.target}: {exc}"
+            ) from exc
+        if port == 0:
+            raise DaemonStartupError(f"--address: cannot listen on {address.target}")
+        if address.port == 0:
+            self.address = parse_address(f"{address.host}:{port}")
+        if self._local_token is not None:
+            self._local_token.write(port)
+
+    # --------------------------------------------------------------- run --
+
+    def serve_forever(self) -> None:
+        """Serve until SIGTERM/SIGINT (or idle timeout), then drain and clean up."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        idle_since = time.monotonic()
+        while not self._stop_requested.wait(0.5):
+            if self.config.idle_timeout <= 0:
+                continue
+            if len(self.registry.all()) or self.servicer.calls.active:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > self.config.idle_timeout:
+                log.info("idle_shutdown", idle_seconds=self.config.idle_timeout)
+                break
+        self.stop()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        self._stop_requested.set()
+
+    def request_stop(self, grace: float | None = None) -> None:
+        """Begin a drain from any thread (signal, Shutdown RPC, idle timeout)."""
+        if grace is not None:
+            self._grace = grace
+        self._stop_requested.set()
+
+    def stop(self) -> None:
+        """Drain: refuse new calls, let running ones finish within the grace, clean up."""
+        if self._stopped.is_set():
+            return
+        grace = self._grace if self._grace is not None else self.config.grace
+        # New long calls and sessions get UNAVAILABLE from here on, while the
+        # server still answers health checks with NOT_SERVING.
+        self.service.draining = True
+        assert self._events is not None and self._server is not None
+        self._events.call(self._set_health(_NOT_SERVING))
+        calls = self.servicer.calls
+        log.info("draining", grace=grace, active_calls=calls.active)
+        if not calls.wait_idle(grace):
+            log.info("grace_expired", cancelling=calls.active)
+        # A second for short calls still on the wire (the very Shutdown call
+        # that started this drain, a status); then whatever still runs is
+        # cancelled: cancel events fire, hook process groups die.
+        self._events.call(self._server.stop(1.0))
+        # Worker threads end shortly after their cancel event; wait so that no
+        # environment is deleted under a hook that is still being killed.
+        calls.wait_workers(10.0)
+        self._events.close()
+        if self._blocking is not None:
+            self._blocking.shutdown(wait=True, cancel_futures=True)
+        self.metrics.stop()
+        self.registry.stop_reaper()
+        # Sessions end as they do on close: stored instances are checked and
+        # kept; then the processes that run from them go.
+        self.registry.end_all()
+        self.keeper.stop()
+        zygotes.REGISTRY.stop_all()
+        COMPILER.stop_all()
+        if self.address.kind == "unix" and self.address.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address.path)
+        if self._local_token is not None:
+            self._local_token.remove()
+        shutil.rmtree(self.config.state_dir / "sessions", ignore_errors=True)
+        if self._lock is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.config.state_dir / "daemon.pid").unlink()
+            self._lock.release()
+        self._stopped.set()
+        log.info("daemon_stopped")
+
+
+def _kill_processes_under(root: Path) -> int:
+    """SIGKILL the process group of every process running an interpreter under ``root``.
+
+    Hook processes run ``<env>/bin/python ...`` from an environment under the
+    sessions folder, so their command line names it. Linux only (``/proc``);
+    elsewhere nothing is found and nothing is killed.
+    """
+    marker = os.fsencode(str(root)) + b"/"
+    groups: set[int] = set()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            if marker in command:
+                groups.add(os.getpgid(int(entry.name)))
+        except (OSError, ProcessLookupError):
+            continue
+    groups.discard(os.getpgrp())
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    return len(groups)
+
+
+def _clear_stale_socket(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise DaemonStartupError(f"--address: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody answers: left by a daemon that died
+        return
+    finally:
+        probe.close()
+    raise DaemonStartupError(f"--address: {path} is in use by a running daemon")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+__all__ = ["Address", "Daemon"]
