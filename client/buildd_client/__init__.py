@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
     from buildd_client.addresses import default_address
     from buildd_client.calls import Call
-    from buildd_client.client import Client, Session
+    from buildd_client.client import Client
     from buildd_client.errors import BuilddClientError, DaemonUnavailable, RequestFailed
+    from buildd_client.session import Session
     from buildd_client.watch import Watch
 
 __all__ = [
@@ -44,7 +45,7 @@ _LAZY = {
     "Client": "buildd_client.client",
     "DaemonUnavailable": "buildd_client.errors",
     "RequestFailed": "buildd_client.errors",
-    "Session": "buildd_client.client",
+    "Session": "buildd_client.session",
     "Watch": "buildd_client.watch",
     "default_address": "buildd_client.addresses",
 }

@@ -30,6 +30,7 @@ from buildd_server.environments.interpreters import resolve_interpreter
 from buildd_server.environments.keys import make_key
 from buildd_server.hooks import zygotes
 from buildd_server.hooks.hooks import Hooks
+from buildd_server.hooks.zygote import Zygote
 from buildd_server.sources.sources import load_project
 from support.projects import flit_project, hatchling_project, setuptools_project
 
@@ -78,7 +79,7 @@ def hooks(env: Environment, root: Path) -> Hooks:
     )
 
 
-def ready_zygote(env: Environment, root: Path) -> zygotes.Zygote:
+def ready_zygote(env: Environment, root: Path) -> Zygote:
     """A fork server for ``env``, started by a plain call on a scratch copy of the project."""
     zygotes.stop(env.id, "test")
     hooks(env, root).get_requires("wheel", {})

@@ -31,7 +31,7 @@ import pytest
 from buildd.v1 import buildd_pb2 as pb
 from buildd.v1 import buildd_pb2_grpc
 from buildd_client import Call, Client, RequestFailed
-from buildd_client.client import Session
+from buildd_client.session import Session
 from support.daemon import DaemonProcess, short_tempdir
 from support.projects import probe_project, read_probe_log
 from support.reliability import (

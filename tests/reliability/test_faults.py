@@ -22,7 +22,7 @@ import pytest
 
 from buildd.v1 import buildd_pb2 as pb
 from buildd_client import Client, RequestFailed
-from buildd_client.client import Session
+from buildd_client.session import Session
 from support.daemon import DaemonProcess, short_tempdir
 from support.projects import probe_project, read_probe_log, setuptools_project
 from support.reliability import (

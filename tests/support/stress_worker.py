@@ -31,7 +31,7 @@ import grpc
 
 from buildd.v1 import buildd_pb2 as pb
 from buildd_client import Client, RequestFailed
-from buildd_client.client import Session
+from buildd_client.session import Session
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -27,6 +27,7 @@ from buildd_server.environments.keys import make_key
 from buildd_server.events import Event, Log
 from buildd_server.hooks import zygotes
 from buildd_server.hooks.hooks import Hooks
+from buildd_server.hooks.zygote import Zygote
 from buildd_server.sources.sources import load_project
 from support.fork_probe import MODULE, NAME, fork_probe_project, read_log, write_probe_wheel
 from support.projects import probe_project
@@ -103,7 +104,7 @@ def hooks(
     )
 
 
-def ready_zygote(env: Environment, tmp_path: Path) -> zygotes.Zygote:
+def ready_zygote(env: Environment, tmp_path: Path) -> Zygote:
     """A fork server for ``env`` started now, with the backend imported, not yet used.
 
     Started afresh for each test: pytest changes PYTEST_CURRENT_TEST between

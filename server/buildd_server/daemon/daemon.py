@@ -2,7 +2,8 @@
 
 Start-up order matters: the state-dir lock is taken first, so a second daemon
 on the same folder stops before touching anything; only then are the orphans
-of a crashed run deleted (nobody else can be using them) and the address bound.
+of a crashed run deleted (nobody else can be using them, ``statedir.py``) and
+the address bound (``listening.py``).
 
 Threads: the main thread runs the lifecycle, top to bottom (start, wait for
 a signal, the Shutdown RPC or the idle timeout, drain, clean up), and blocks
@@ -21,24 +22,21 @@ import dataclasses
 import os
 import shutil
 import signal
-import socket
-import stat
 import threading
 import time
 from concurrent import futures
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import filelock
 import grpc
 import grpc.aio
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
-from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
+from buildd_client.addresses import Address, default_address, parse_address
 
-from ..access.access import LocalToken, check_folder
+from ..access.access import LocalToken
 from ..access.auth import Authenticator, check_listen, server_credentials
 from ..environments.bytecode import COMPILER
 from ..environments.environments import Environment, EnvironmentFactory
@@ -56,10 +54,14 @@ from ..wire.limits import TRANSPORT_LIMIT, Limits
 from ..wire.servicer import Servicer
 from ..wire.streams import Blocking, EventLoopThread
 from ..wire.transfers import Transfers
+from .listening import bind
 from .reflection import enable_reflection
+from .statedir import release_state_dir, take_state_dir
 
 if TYPE_CHECKING:
     from types import FrameType
+
+    import filelock
 
     from ..config import Config
     from ..environments.keys import EnvKey
@@ -108,7 +110,7 @@ class Daemon:
             # Loopback TCP reaches every local user: only this user gets the token.
             self._local_token = LocalToken()
             self.auth.add_local_token(self._local_token.value)
-        self._take_state_dir()
+        self._lock = take_state_dir(self.config.state_dir)
         installer = select_installer(self.config.installer)
         sessions_root = self.config.state_dir / "sessions"
         sessions_root.mkdir(mode=0o700, exist_ok=True)
@@ -262,7 +264,9 @@ class Daemon:
         buildd_pb2_grpc.add_BuilddServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
-        self._bind(server)
+        self.address, port = bind(server, self.address, self._tls)
+        if self._local_token is not None and self.address.kind == "tcp":
+            self._local_token.write(port)
         # Port 0 is bound to a real port only now: status reports that one.
         self.servicer.address = self.address.target
         await server.start()
@@ -290,44 +294,6 @@ class Daemon:
             counts[entry.state] += 1
         return counts
 
-    def _take_state_dir(self) -> None:
-        state = self.config.state_dir
-        try:
-            state.mkdir(mode=0o700, parents=True, exist_ok=True)
-            probe = state / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
-            raise DaemonStartupError(f"state dir {state} is not writable: {exc.strerror}") from exc
-        check_folder(state, "state dir")
-        lock = filelock.FileLock(str(state / "daemon.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout as exc:
-            owner = _read_text(state / "daemon.pid")
-            raise DaemonStartupError(
-                f"state dir {state} is in use by another buildd daemon"
-                + (f" (pid {owner})" if owner else "")
-                + "; give this one its own --state-dir"
-            ) from exc
-        self._lock = lock
-        (state / "daemon.pid").write_text(str(os.getpid()))
-        # With the lock held nobody else can be using these: they are what a
-        # crashed or killed daemon left behind. Hooks of that daemon may still
-        # run (each in its own process group): stop them before deleting the
-        # environments they run in.
-        sessions = state / "sessions"
-        killed = _kill_processes_under(sessions) + _kill_processes_under(state / "envs")
-        reclaimed = 0
-        if sessions.is_dir():
-            for child in sessions.iterdir():
-                shutil.rmtree(child, ignore_errors=True)
-                reclaimed += 1
-        if reclaimed or killed:
-            log.info(
-                "orphans_reclaimed", sessions=reclaimed, processes=killed, state_dir=str(state)
-            )
-
     def abandon_start(self) -> None:
         """Undo a start that failed half-way: stop serving, release the state folder."""
         metrics: Metrics | None = getattr(self, "metrics", None)
@@ -340,52 +306,7 @@ class Daemon:
         if self._blocking is not None:
             self._blocking.shutdown(wait=False)
         if self._lock is not None and self._lock.is_locked:
-            with contextlib.suppress(FileNotFoundError):
-                (self.config.state_dir / "daemon.pid").unlink()
-            self._lock.release()
-
-    def _bind(self, server: grpc.aio.Server) -> None:
-        address = self.address
-        if address.kind == "unix":
-            assert address.path
-            path = Path(address.path)
-            if len(os.fsencode(path)) > 107:
-                raise DaemonStartupError(
-                    f"--address: unix socket path {path} is longer than 107 bytes"
-                )
-            if address.target == parse_address(default_address()).target:
-                ensure_private_dir(path.parent)
-            elif not path.parent.is_dir():
-                raise DaemonStartupError(f"--address: folder {path.parent} does not exist")
-            check_folder(path.parent, "--address: the socket's folder")
-            _clear_stale_socket(path)
-            old_umask = os.umask(0o177)
-            try:
-                port = server.add_insecure_port(address.target)
-            except RuntimeError as exc:
-                raise DaemonStartupError(f"--address: cannot listen on {path}: {exc}") from exc
-            finally:
-                os.umask(old_umask)
-            if port == 0:
-                raise DaemonStartupError(f"--address: cannot listen on {path}")
-            os.chmod(path, 0o600)
-            return
-        # Non-loopback addresses were vetted in start() (auth.check_listen).
-        try:
-            if self._tls is not None:
-                port = server.add_secure_port(address.target, self._tls)
-            else:
-                port = server.add_insecure_port(address.target)
-        except RuntimeError as exc:
-            raise DaemonStartupError(
-                f"--address: cannot listen on {address.target}: {exc}"
-            ) from exc
-        if port == 0:
-            raise DaemonStartupError(f"--address: cannot listen on {address.target}")
-        if address.port == 0:
-            self.address = parse_address(f"{address.host}:{port}")
-        if self._local_token is not None:
-            self._local_token.write(port)
+            release_state_dir(self.config.state_dir, self._lock)
 
     # --------------------------------------------------------------- run --
 
@@ -453,64 +374,9 @@ class Daemon:
             self._local_token.remove()
         shutil.rmtree(self.config.state_dir / "sessions", ignore_errors=True)
         if self._lock is not None:
-            with contextlib.suppress(FileNotFoundError):
-                (self.config.state_dir / "daemon.pid").unlink()
-            self._lock.release()
+            release_state_dir(self.config.state_dir, self._lock)
         self._stopped.set()
         log.info("daemon_stopped")
-
-
-def _kill_processes_under(root: Path) -> int:
-    """SIGKILL the process group of every process running an interpreter under ``root``.
-
-    Hook processes run ``<env>/bin/python ...`` from an environment under the
-    sessions folder, so their command line names it. Linux only (``/proc``);
-    elsewhere nothing is found and nothing is killed.
-    """
-    marker = os.fsencode(str(root)) + b"/"
-    groups: set[int] = set()
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return 0
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-            if marker in command:
-                groups.add(os.getpgid(int(entry.name)))
-        except (OSError, ProcessLookupError):
-            continue
-    groups.discard(os.getpgrp())
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
-    return len(groups)
-
-
-def _clear_stale_socket(path: Path) -> None:
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise DaemonStartupError(f"--address: {path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # nobody answers: left by a daemon that died
-        return
-    finally:
-        probe.close()
-    raise DaemonStartupError(f"--address: {path} is in use by a running daemon")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
 
 
 __all__ = ["Address", "Daemon"]

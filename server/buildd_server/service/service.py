@@ -13,8 +13,6 @@ concurrent first requests can never pick two different instances.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -22,16 +20,14 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import structlog
 
 from .. import errors
-from ..artifacts import checks
-from ..artifacts.artifacts import publish
 from ..environments.interpreters import resolve_interpreter
-from ..environments.keys import make_key, normalize_requirements
+from ..environments.keys import make_key
 from ..events import Emit, Phase
 from ..hooks import containment
 from ..metrics import Metrics
 from ..pool.store import Store
-from ..sources.blobs import BlobStore, is_digest, unpack_upload
-from ..sources.sources import is_sdist, load_project, unpack_sdist
+from ..sources.blobs import BlobStore, is_digest
+from ..sources.sources import load_project
 from ..sources.treewatch import TreeWatchers
 from .hookcache import HookCache
 from .leasing import Leaser, RequestContext, hold_source
@@ -39,14 +35,14 @@ from .requests import (
     ArtifactOutcome,
     Dist,
     MetadataOutcome,
-    Prepared,
     Request,
     RequiresOutcome,
     SourceState,
     drop_logs,
-    settings_id,
 )
+from .steps import Steps
 from .watches import Watches
+from .workspace import Workspace, artifact_folder, remove_empty
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -54,8 +50,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..environments.environments import Environment, EnvironmentFactory
     from ..environments.keys import EnvKey
-    from ..hooks.hooks import Hooks
-    from ..pool.pool import Lease, Pool
+    from ..pool.pool import Pool
     from ..pool.storekeeper import StoreKeeper
     from .sessions import Session, SessionRegistry
 
@@ -90,14 +85,12 @@ class BuildService:
     ) -> None:
         self._config = config
         self.metrics = metrics or Metrics()
-        # Uploaded sources (digest sources); None: this service takes none.
-        self._blobs = blobs
         self._registry = registry
         self._pool = pool
         self._factory = factory
         self._installer_name = installer_name
         self._lock = threading.Lock()
-        self._sources: dict[str, dict[str, SourceState]] = {}
+        self._workspace = Workspace(blobs)
         self._in_flight: dict[str, int] = {}
         self._end_counts: dict[str, tuple[int, int, int]] = {}
         # Without a store given: session-only environments (--no-store).
@@ -105,6 +98,16 @@ class BuildService:
         self._keeper = keeper
         self._leaser = Leaser(pool, factory, self.metrics, config.hook_timeout, self._store, keeper)
         self.cache = HookCache()
+        self._steps = Steps(
+            factory,
+            installer_name,
+            config.installer_options,
+            self.cache,
+            self._store,
+            keeper,
+            self._leaser,
+            self._workspace,
+        )
         self.watches = Watches(
             registry,
             TreeWatchers(),
@@ -137,7 +140,7 @@ class BuildService:
                     ctx.project.requires, tuple(cached), env.key.id, ctx.project.backend, True
                 )
             with ctx.leased() as (lease, hooks):
-                dynamic = self._dynamic_requirements(ctx, lease, hooks, dist)
+                dynamic = self._steps.dynamic_requirements(ctx, lease, hooks, dist)
             self.cache.commit(ctx)
             return RequiresOutcome(
                 static=ctx.project.requires,
@@ -161,8 +164,8 @@ class BuildService:
                 return cached
             with ctx.leased() as (lease, hooks):
                 before = lease.instance.generation
-                self._dynamic_requirements(ctx, lease, hooks, dist)
-                prepared = self._prepare(ctx, lease.instance, hooks, dist)
+                self._steps.dynamic_requirements(ctx, lease, hooks, dist)
+                prepared = self._steps.prepare(ctx, lease.instance, hooks, dist)
                 self.cache.ran_prepare(ctx, lease.instance, before, prepared)
             self.cache.commit(ctx)
             return MetadataOutcome(
@@ -192,18 +195,18 @@ class BuildService:
         def work(ctx: RequestContext) -> list[ArtifactOutcome]:
             if is_digest(ctx.request.source) and not output_directory:
                 # Uploaded: a session-owned folder, fetched with DownloadArtifact.
-                outdir = self._work_dir(ctx.session) / "artifacts"
+                outdir = self._workspace.work_dir(ctx.session) / "artifacts"
             else:
-                outdir = self._output_directory(output_directory, Path(ctx.request.source))
+                outdir = artifact_folder(output_directory, Path(ctx.request.source))
             results: list[ArtifactOutcome] = []
             sdist_path: Path | None = None
             for dist in dists:
                 if dist == "wheel" and wheel_from_sdist and sdist_path is not None:
-                    results.append(self._wheel_from_sdist(ctx, sdist_path, outdir))
+                    results.append(self._steps.wheel_from_sdist(ctx, sdist_path, outdir))
                     continue
                 with ctx.leased() as (lease, hooks):
-                    self._dynamic_requirements(ctx, lease, hooks, dist)
-                    artifact = self._build_one(ctx, lease.instance, hooks, dist, outdir)
+                    self._steps.dynamic_requirements(ctx, lease, hooks, dist)
+                    artifact = self._steps.build_one(ctx, lease.instance, hooks, dist, outdir)
                 results.append(artifact)
                 if dist == "sdist":
                     sdist_path = artifact.path
@@ -224,8 +227,8 @@ class BuildService:
         Returns (deleted now, deleted or stored at release, stored now).
         """
         self.watches.session_ended(session.id)
+        self._workspace.session_ended(session.id)
         with self._lock:
-            self._sources.pop(session.id, None)
             busy = self._in_flight.get(session.id, 0)
         used = self._leaser.used(session.id)
         if self._store.enabled and self._keeper is not None:
@@ -235,7 +238,7 @@ class BuildService:
             stored = 0
             deleted, pending = self._pool.drop_owner(session.id)
         if busy == 0:
-            self._remove_session_dir(session)
+            self._workspace.remove_session_dir(session)
         with self._lock:
             # Read back once by CloseSession; sessions that expire are never
             # asked about, so keep only the latest few.
@@ -267,9 +270,7 @@ class BuildService:
 
     def sources_of(self, session_id: str, env: Environment) -> list[str]:
         """The sources of a session whose affinity points at ``env``."""
-        with self._lock:
-            states = list(self._sources.get(session_id, {}).items())
-        return sorted(src for src, state in states if state.environment is env and "\0" not in src)
+        return self._workspace.sources_of(session_id, env)
 
     def destroy_environment(self, env: Environment) -> None:
         """The pool's destroy callback.
@@ -291,13 +292,7 @@ class BuildService:
             return
         # Only empty folders go: a request of the ended session still running
         # keeps its work/ (and so the session folder) until it finishes.
-        for folder in (session_dir / "envs", session_dir):
-            try:
-                folder.rmdir()
-            except FileNotFoundError:
-                continue
-            except OSError:
-                break
+        remove_empty(session_dir / "envs", session_dir)
 
     # ------------------------------------------------------------ internals --
 
@@ -338,7 +333,7 @@ class BuildService:
                     f"session {session.id[:8]}… has ended",
                     metadata={"session_id": session.id, "end_reason": session.end_reason or ""},
                 )
-            state = self._source_state(session.id, request.source)
+            state = self._workspace.state(session.id, request.source)
             # Taken before the project is even read: the first request of a
             # source fixes its instance, and an sdist is unpacked only once.
             with hold_source(state, cancel, request.deadline):
@@ -355,7 +350,7 @@ class BuildService:
                     del self._in_flight[session.id]
                 finished_after_end = left == 0 and session.ended
             if finished_after_end:
-                self._remove_session_dir(session)
+                self._workspace.remove_session_dir(session)
 
     def _context(
         self,
@@ -365,7 +360,7 @@ class BuildService:
         emit: Emit,
         cancel: threading.Event,
     ) -> RequestContext:
-        root = self._project_root(request.source, session, state)
+        root = self._workspace.project_root(request.source, session, state)
         try:
             project = load_project(str(root))
         except errors.SourceNotFound as exc:
@@ -388,212 +383,3 @@ class BuildService:
         return RequestContext(
             self._leaser, request, session, state, project, interpreter, key, emit, cancel
         )
-
-    def _project_root(self, source: str, session: Session, state: SourceState) -> Path:
-        if is_digest(source):
-            return unpack_upload(self._blobs, source, self._work_dir(session), state)
-        path = Path(source)
-        if not path.is_absolute():
-            raise errors.InvalidRequest(f"source.path: {source!r} is not an absolute path")
-        if not is_sdist(path):
-            return path
-        stat = path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if state.unpacked is not None and state.unpacked[0] == stamp and state.unpacked[1].is_dir():
-            return state.unpacked[1]
-        dest = Path(tempfile.mkdtemp(prefix="sdist-", dir=self._work_dir(session)))
-        try:
-            root = unpack_sdist(path, dest)
-            checks.check_sdist_source(path, root)
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-        if state.unpacked is not None:
-            # An older unpacking of this sdist (the file changed since).
-            shutil.rmtree(state.unpacked[1].parent, ignore_errors=True)
-        state.unpacked = (stamp, root)
-        return root
-
-    def _source_state(self, session_id: str, source: str) -> SourceState:
-        with self._lock:
-            per_session = self._sources.setdefault(session_id, {})
-            return per_session.setdefault(source, SourceState())
-
-    def _forget_source(self, session_id: str, source: str) -> None:
-        with self._lock:
-            self._sources.get(session_id, {}).pop(source, None)
-
-    def _work_dir(self, session: Session) -> Path:
-        work = session.directory / "work"
-        work.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return work
-
-    def _remove_session_dir(self, session: Session) -> None:
-        shutil.rmtree(session.directory / "work", ignore_errors=True)
-        # Environments still leased live under envs/ and are removed at release.
-        for folder in (session.directory / "envs", session.directory):
-            try:
-                folder.rmdir()
-            except FileNotFoundError:
-                continue
-            except OSError:
-                break
-
-    def _dynamic_requirements(
-        self, ctx: RequestContext, lease: Lease[Environment], hooks: Hooks, dist: Dist
-    ) -> list[str]:
-        env = lease.instance
-        cached = self.cache.requires(ctx, env, dist)
-        if cached is not None:
-            return cached  # installed in this very generation
-        before = env.generation
-        dynamic = hooks.get_requires(dist, ctx.request.config_settings)
-        origin = f"{ctx.project.backend}: get_requires_for_build_{dist}"
-        wanted = normalize_requirements(
-            dynamic, ctx.interpreter.marker_environment(), origin=origin
-        )
-        missing = [req for req in wanted if req not in env.key.requirements]
-        if missing:
-            with self._store.cache_in_use(env.principal):
-                self._factory.install(env, missing, emit=ctx.emit, cancel=ctx.cancel)
-            lease.rekey(env.key)
-            if self._keeper is not None:
-                self._keeper.changed(env)
-        self.cache.ran_requires(ctx, env, dist, before, dynamic)
-        return dynamic
-
-    def _prepare(
-        self,
-        ctx: RequestContext,
-        env: Environment,
-        hooks: Hooks,
-        dist: Literal["wheel", "editable"],
-    ) -> Prepared:
-        work = self._work_dir(ctx.session)
-        directory = Path(tempfile.mkdtemp(prefix=f"metadata-{dist}-", dir=work))
-        try:
-            dist_info, from_wheel = hooks.prepare_metadata(
-                dist, directory, ctx.request.config_settings
-            )
-            checks.check_prepared(directory / dist_info, dist, ctx.project)
-            metadata = (directory / dist_info / "METADATA").read_bytes()
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        ctx.emit(
-            Phase("artifact_checked", detail=dist_info, hook=f"prepare_metadata_for_build_{dist}")
-        )
-        # Usable for rule 6 and as a cached answer once the request confirmed
-        # the tree held still (hookcache.py).
-        prepared = Prepared(directory, dist_info, env.id, None, from_wheel, metadata)
-        slot = (dist, settings_id(ctx.request.config_settings))
-        old = ctx.state.prepared.get(slot)
-        ctx.state.prepared[slot] = prepared
-        if old is not None:
-            shutil.rmtree(old.directory, ignore_errors=True)
-        return prepared
-
-    def _metadata_directory(self, ctx: RequestContext, env: Environment, dist: Dist) -> Path | None:
-        """The prepared metadata to pass to build_* (rule 6), when it is still valid."""
-        if dist == "sdist":
-            return None
-        prepared = ctx.state.prepared.get((dist, settings_id(ctx.request.config_settings)))
-        if prepared is None:
-            return None
-        if (
-            prepared.environment_id != env.id
-            or prepared.fingerprint is None
-            or prepared.fingerprint != ctx.fingerprint
-            or not (prepared.directory / prepared.dist_info).is_dir()
-        ):
-            return None
-        # PEP 517 passes the .dist-info folder itself, not its parent.
-        return prepared.directory / prepared.dist_info
-
-    def _build_one(
-        self,
-        ctx: RequestContext,
-        env: Environment,
-        hooks: Hooks,
-        dist: Dist,
-        outdir: Path,
-        expected: Sequence[tuple[str, checks.Identity]] = (),
-    ) -> ArtifactOutcome:
-        staging = Path(tempfile.mkdtemp(prefix=f"build-{dist}-", dir=self._work_dir(ctx.session)))
-        try:
-            metadata_directory = self._metadata_directory(ctx, env, dist)
-            name = hooks.build(dist, staging, ctx.request.config_settings, metadata_directory)
-            built = staging / name
-            if not built.is_file():
-                raise errors.BackendFailed(
-                    f"build_{dist} returned {name!r}, but no such file was written in the "
-                    "output directory",
-                    hook=f"build_{dist}",
-                )
-            # Nothing broken reaches the output folder, whoever asked for it.
-            checks.check_artifact(
-                dist, built, ctx.project, metadata_directory=metadata_directory, expected=expected
-            )
-            ctx.emit(Phase("artifact_checked", detail=name, hook=f"build_{dist}"))
-            final, size, digest = publish(built, outdir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        ctx.emit(Phase("artifact_written", detail=str(final)))
-        return ArtifactOutcome(dist, final, size, digest)
-
-    def _wheel_from_sdist(self, ctx: RequestContext, sdist: Path, outdir: Path) -> ArtifactOutcome:
-        """Build the wheel from the unpacked sdist, as ``python -m build`` does by default."""
-        work = self._work_dir(ctx.session)
-        unpack_root = Path(tempfile.mkdtemp(prefix="from-sdist-", dir=work))
-        source_id = f"{ctx.request.source}\0from-sdist"
-        try:
-            try:
-                root = unpack_sdist(sdist, unpack_root)
-            except errors.InvalidProject as exc:
-                # The backend's own sdist, checked already: its fault, not the caller's.
-                raise errors.BackendFailed(
-                    f"hook build_sdist of backend {ctx.project.backend!r} wrote {sdist.name}, "
-                    f"which cannot be unpacked safely: {exc.message}",
-                    path=exc.path,
-                    hook="build_sdist",
-                ) from exc
-            project = load_project(str(root))
-            origin = f"{sdist.name}: build-system.requires"
-            key = make_key(
-                ctx.interpreter,
-                project.requires,
-                self._installer_name,
-                self._config.installer_options,
-                origin=origin,
-            )
-            state = self._source_state(ctx.session.id, source_id)
-            sub = RequestContext(
-                self._leaser,
-                ctx.request,
-                ctx.session,
-                state,
-                project,
-                ctx.interpreter,
-                key,
-                ctx.emit,
-                ctx.cancel,
-            )
-            expected = [(f"the sdist {sdist.name}", checks.sdist_identity(sdist.name))]
-            with sub.leased() as (lease, hooks):
-                self._dynamic_requirements(sub, lease, hooks, "wheel")
-                return self._build_one(sub, lease.instance, hooks, "wheel", outdir, expected)
-        finally:
-            self._forget_source(ctx.session.id, source_id)
-            shutil.rmtree(unpack_root, ignore_errors=True)
-
-    def _output_directory(self, requested: str, source: Path) -> Path:
-        if not requested:
-            # <source>/dist for a tree; for an sdist, the folder it lies in
-            # (its unpacked tree is the session's and goes away with it).
-            return source.parent if is_sdist(source) else source / "dist"
-        path = Path(requested)
-        if not path.is_absolute():
-            raise errors.InvalidRequest(f"output_directory: {requested!r} is not an absolute path")
-        if path.exists() and not path.is_dir():
-            raise errors.InvalidRequest(f"output_directory: {requested} exists and is not a folder")
-        return path

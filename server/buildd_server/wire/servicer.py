@@ -3,10 +3,7 @@
 Nothing here decides anything. Every method is a coroutine on the event
 loop. Unary calls run their service logic in the bounded executor when it
 touches the disk, on the loop when it only reads in-memory state; long calls
-run the service in a worker thread of their own whose events come back
-through a bounded ``Bridge``. When the RPC ends for any reason (client
-cancel, disconnect, deadline, shutdown) the request's cancel event is set,
-which kills the running hook's process group.
+run the service in a worker thread of their own (``longcalls.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -30,11 +25,13 @@ from ..access.routing import check_session_header, header_session
 from ..environments.interpreter_discovery import discover_interpreters
 from . import decode, encode, failures
 from .limits import Limits
+from .longcalls import LongCalls
 from .status import StatusSource
 from .store_status import prune_store
-from .streams import Bridge, Calls
+from .streams import Calls
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import AsyncIterator, Callable
 
     import grpc.aio
@@ -53,18 +50,9 @@ if TYPE_CHECKING:
 
     Context = grpc.aio.ServicerContext[Any, Any]
     Emit = Callable[[Event], None]
-    Work = Callable[[Request, Emit, threading.Event], pb.Result]
 
 log = structlog.get_logger("buildd.servicer")
 T = TypeVar("T")
-
-
-class _End:
-    """The worker's last item: its outcome."""
-
-    def __init__(self, value: pb.Result | None = None, error: errors.BuilddError | None = None):
-        self.value = value
-        self.error = error
 
 
 class Servicer(buildd_pb2_grpc.BuilddServicer):
@@ -95,6 +83,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             config, address, installer_name, time.time(), service, registry, pool
         )
         self.calls = Calls()
+        self._long = LongCalls(self._auth, self.calls, self._metrics)
         # Set by the daemon: begins a drain (the Shutdown RPC).
         self.on_shutdown: Callable[[float], None] | None = None
 
@@ -174,7 +163,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             dist = decode.distribution(request.distribution)
             return encode.requires(self._service.get_requires(req, dist, emit, cancel))
 
-        async for event in self._stream(request.context, context, "get_requires", run):
+        async for event in self._long.stream(request.context, context, "get_requires", run):
             yield event
 
     async def PrepareMetadata(
@@ -184,7 +173,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             dist = decode.metadata_distribution(request.distribution)
             return encode.metadata(self._service.prepare_metadata(req, dist, emit, cancel))
 
-        async for event in self._stream(request.context, context, "prepare_metadata", run):
+        async for event in self._long.stream(request.context, context, "prepare_metadata", run):
             yield event
 
     async def Build(self, request: pb.BuildRequest, context: Context) -> AsyncIterator[pb.Event]:
@@ -197,7 +186,7 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             )
 
         outdir = (("output_directory", request.output_directory),)
-        async for event in self._stream(request.context, context, "build", run, outdir):
+        async for event in self._long.stream(request.context, context, "build", run, outdir):
             yield event
 
     async def WatchMetadata(
@@ -369,85 +358,3 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
         except Exception as exc:
             error = failures.internal(exc, "unary call")
         await failures.abort(context, error, self._metrics)
-
-    async def _stream(
-        self,
-        wire: pb.BuildContext,
-        context: Context,
-        name: str,
-        run: Work,
-        paths: tuple[tuple[str, str], ...] = (),
-    ) -> AsyncIterator[pb.Event]:
-        started = time.monotonic()
-        cancel = threading.Event()
-        end_call = self.calls.call_started()
-
-        def over(_context: Any = None) -> None:
-            # Once the RPC is over (status sent, cancelled, or its coroutine
-            # ended): the hook is killed, and that is what a drain waits for.
-            cancel.set()
-            end_call()
-
-        # (The stubs type the callback as a class of their own.)
-        context.add_done_callback(over)  # type: ignore[arg-type]
-        try:
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else started + remaining
-            try:
-                who = self._who(context)
-                check_session_header(
-                    context.invocation_metadata(), wire.session_id, "context.session_id"
-                )
-                request = decode.context(wire, deadline, who.name)
-                # What the request starts is contained as its principal's kind requires.
-                request = dataclasses.replace(request, remote=who.remote)
-                for field, path in paths:
-                    if path:
-                        decode.check_absolute_path(path, field)
-                # A remote principal names daemon paths only under --allow-path.
-                for field, path in (("context.source.path", wire.source.path), *paths):
-                    self._auth.check_path(who, path, field)
-                self._auth.check_interpreter(who, wire.python)
-            except errors.BuilddError as exc:
-                yield pb.Event(failure=failures.failure(exc))
-                await failures.abort(context, exc, self._metrics, call=name)
-
-            bridge: Bridge[pb.Event | _End] = Bridge(asyncio.get_running_loop())
-            request_id = uuid.uuid4().hex[:12]
-
-            def emit(event: Event) -> None:
-                bridge.put(encode.event(event, started), cancel)
-
-            def work() -> None:
-                # Every log event of this request, from any module, carries these.
-                structlog.contextvars.bind_contextvars(
-                    request=request_id, call=name, session=request.session_id[:8]
-                )
-                try:
-                    end = _End(value=run(request, emit, cancel))
-                except errors.BuilddError as exc:
-                    end = _End(error=exc)
-                except Exception as exc:
-                    end = _End(error=failures.internal(exc, name))
-                bridge.put(end, cancel)
-
-            self.calls.start_worker(f"buildd-{name}", work)
-            while True:
-                item = await bridge.get()
-                if isinstance(item, pb.Event):
-                    yield item
-                elif item.error is None:
-                    assert item.value is not None
-                    yield pb.Event(result=item.value)
-                    return
-                else:
-                    yield pb.Event(failure=failures.failure(item.error))
-                    await failures.abort(
-                        context,
-                        item.error,
-                        self._metrics,
-                        call=name,
-                        session=request.session_id[:8],
-                    )
-        finally:
-            over()
