@@ -110,3 +110,45 @@ def test_the_sandbox_hides_the_state_folder_and_binds_the_calls_own(tmp_path: Pa
 def test_the_sandbox_leaves_out_the_daemons_variables() -> None:
     env = sandbox.sandbox_environment({"BUILDD_TOKEN": "x", "PATH": "/bin", "TMPDIR": "/var"})
     assert env == {"PATH": "/bin", "TMPDIR": "/tmp"}
+
+
+def test_a_store_install_gets_its_principals_cache_and_not_the_machines(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    principal = state / "envs" / "alice-1234"
+    env, private = principal / "k1" / "0", principal / "installer-cache"
+    shared = tmp_path / "home-cache" / "uv"
+    for folder in (env, private, shared):
+        folder.mkdir(parents=True)
+    policy = containment.Policy(
+        choice="auto",
+        local="pid",
+        remote="sandbox",
+        bwrap="bwrap",
+        state_dir=state,
+        install_writable=(shared,),
+    )
+    old = containment.POLICY
+    containment.configure(policy)
+    try:
+        with containment.caller(remote=True):
+            store, _, _ = containment.command(
+                ["uv"],
+                {},
+                None,
+                containment.Confinement(
+                    environment=env, install=True, writable=(private,), shared_cache=False
+                ),
+            )
+            plain, _, _ = containment.command(
+                ["uv"], {}, None, containment.Confinement(environment=env, install=True)
+            )
+    finally:
+        containment.configure(old)
+    assert store[store.index(str(private)) - 1] == "--bind"
+    assert store[store.index(str(env)) - 1] == "--bind"
+    # Not the machine's cache, which every principal's installs would share;
+    # and nothing else of the principal's folder (its other environments).
+    assert str(shared) not in store
+    assert str(principal) not in store
+    # --no-store installs (no private cache) still get the machine's.
+    assert plain[plain.index(str(shared)) - 1] == "--bind"

@@ -316,11 +316,26 @@ class EnvironmentFactory:
             python, requirements, self.options, cache_dir=cache_dir
         )
         label = f"{self.installer.name} installing {listed} into {path}"
+        if cache_dir is not None:
+            # A sandboxed install sees only what exists to be bound in.
+            with contextlib.suppress(OSError):
+                cache_dir.mkdir(parents=True, exist_ok=True)
+        # The principal's own installer cache is the install's too. In a
+        # sandbox it is a mount of its own, so uv copies from it instead of
+        # hard-linking (link(2) refuses across mounts): binding the whole
+        # principal folder instead would let one install write the
+        # principal's other environments.
+        confine = containment.Confinement(
+            environment=path,
+            install=True,
+            writable=(cache_dir,) if cache_dir else (),
+            shared_cache=cache_dir is None,
+        )
         try:
             result = run_process(
                 argv,
                 env=environ,
-                confine=containment.Confinement(environment=path, install=True),
+                confine=confine,
                 label=label,
                 hook="install",
                 emit=_from_source(emit, "installer"),

@@ -68,6 +68,9 @@ class Confinement:
     writable: tuple[Path, ...] = ()
     readable: tuple[Path, ...] = ()
     install: bool = False
+    # An install with a private cache of its principal (the store's) does not
+    # get the machine's installer cache, which every principal would share.
+    shared_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ def command(
             *([Path(cwd)] if cwd else []),
             *confine.writable,
             *(((confine.environment,) if confine.environment else ()) if confine.install else ()),
-            *(POLICY.install_writable if confine.install else ()),
+            *(POLICY.install_writable if confine.install and confine.shared_cache else ()),
         ),
         readable=(
             *confine.readable,
