@@ -113,5 +113,7 @@ class Config:
     caps: PrincipalCaps = field(default_factory=PrincipalCaps)
     # Open WatchMetadata streams per session (watches.py).
     max_watches_per_session: int = 64
+    # Trees the daemon watches at once, each one inotify instance (treewatch.py).
+    max_watched_trees: int = 32
     # This daemon's name among several behind one proxy (docs/scale-out.md).
     daemon_id: str = ""

@@ -105,7 +105,7 @@ class BuildService:
         self.cache = HookCache()
         self.watches = Watches(
             registry,
-            TreeWatchers(),
+            TreeWatchers(config.max_watched_trees),
             self.prepare_metadata,
             max_per_session=config.max_watches_per_session,
         )
