@@ -22,7 +22,9 @@ refs and the other files the fingerprint reads count.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import resource
 import stat
 import threading
@@ -246,7 +248,12 @@ def refusal(root: str, exc: Exception) -> errors.BuilddError:
     if isinstance(exc, errors.BuilddError):
         return exc
     text = str(exc)
-    if "os error 24" in text or "Too many open files" in text:
+    found = re.search(r"os error (\d+)", text)
+    code = int(found.group(1)) if found else None
+    if code == errno.ENFILE:
+        why = "the system's open-file table is full (fs.file-max)"
+        sysctl = "fs.file-max"
+    elif code == errno.EMFILE:
         if _open_files() >= resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1:
             why = (
                 "the daemon has used up its open-file limit (RLIMIT_NOFILE, `ulimit -n`); "
@@ -261,16 +268,13 @@ def refusal(root: str, exc: Exception) -> errors.BuilddError:
                 "(sysctl fs.inotify.max_user_instances=512) or close other watchers"
             )
             sysctl = "fs.inotify.max_user_instances"
-    elif "watch limit" in text or "MaxFilesWatch" in text or "os error 28" in text:
+    elif code == errno.ENOSPC or "watch limit" in text or "MaxFilesWatch" in text:
         why = (
             "the system refused another inotify watch (one per folder): this user's "
             "fs.inotify.max_user_watches is used up; raise it "
             "(sysctl fs.inotify.max_user_watches=524288)"
         )
         sysctl = "fs.inotify.max_user_watches"
-    elif "os error 23" in text:
-        why = "the system's open-file table is full (fs.file-max)"
-        sysctl = "fs.file-max"
     else:
         return errors.BuilddError(f"cannot watch {root}: {text}", path=root)
     return errors.ResourceExhausted(
