@@ -352,8 +352,9 @@ class TreeWatchers:
         log.info("tree_watch_stopped", root=root)
 
     def watched(self) -> int:
-        with self._lock:
-            return len(self._trees)
+        # No lock: GetStatus asks from the event loop, and subscribe holds the
+        # lock while a new tree's folders are walked (a second for a big one).
+        return len(self._trees)
 
     def _failed(self, tree: _Tree, error: errors.BuilddError) -> None:
         with self._lock:
