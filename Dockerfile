@@ -15,6 +15,12 @@ ENV PYTHONUNBUFFERED=1 \
     BUILDD_LOG_FORMAT=json \
     BUILDD_PRINCIPALS_FILE=/run/secrets/buildd-tokens
 COPY --from=build /wheels /wheels
+# bubblewrap sandboxes remote principals' hook calls where the container may
+# make namespaces (see docs/remote.md); elsewhere the daemon says what it lacks.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir /wheels/*.whl \
     && rm -rf /wheels \
     && groupadd --gid 10001 buildd \

@@ -19,6 +19,7 @@ __all__ = [
     "default_address",
     "default_socket_path",
     "ensure_private_dir",
+    "local_token_path",
     "parse_address",
 ]
 
@@ -83,6 +84,16 @@ def default_socket_path() -> str:
     if runtime is not None:
         return os.path.join(runtime, "buildd", SOCKET_NAME)
     return os.path.join("/tmp", f"buildd-{os.getuid()}", SOCKET_NAME)
+
+
+def local_token_path(port: int) -> str:
+    """Where a daemon of this user on loopback port ``port`` keeps its token (mode 0600).
+
+    The same private folder as the default socket: a daemon listening on
+    loopback TCP without a token file writes it there, and the client reads
+    it when it connects to that port with no token of its own.
+    """
+    return os.path.join(os.path.dirname(default_socket_path()), f"tcp-{port}.token")
 
 
 def default_address() -> str:

@@ -15,7 +15,9 @@ option             variable              meaning
 
 The token travels as ``authorization: Bearer <token>`` on every call. It is
 never sent in clear text to a non-local address: without TLS, only a Unix
-socket or a loopback address may carry it.
+socket or a loopback address may carry it. With no token given, a loopback
+TCP address gets the token its daemon left for this user
+(``addresses.local_token_path``), when there is one.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def read_token(path: str | os.PathLike[str]) -> str:
             if token:
                 return token
     raise ValueError(f"token file {os.fspath(path)}: holds no token")
+
+
+def _local_token(port: int) -> str | None:
+    """The token a local daemon on ``port`` left for this user; None when there is none."""
+    from buildd_client.addresses import local_token_path
+
+    try:
+        return read_token(local_token_path(port))
+    except ValueError:
+        return None
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -121,9 +133,12 @@ class Credentials:
                     "give --tls-ca (TLS) or use a local address"
                 )
             channel = grpc.insecure_channel(address.target, options=list(options))
-        if self.token is None:
+        token = self.token
+        if token is None and not self.tls and address.kind == "tcp" and address.is_local:
+            token = _local_token(address.port)
+        if token is None:
             return channel
-        return grpc.intercept_channel(channel, _BearerToken(self.token))
+        return grpc.intercept_channel(channel, _BearerToken(token))
 
 
 class _CallDetails(NamedTuple):

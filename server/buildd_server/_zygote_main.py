@@ -2,7 +2,7 @@
 
 This file runs inside the ENVIRONMENT's interpreter, started by path:
 
-    python _zygote_main.py CONTROL_FD IN_PROCESS_SCRIPT BACKEND_MODULE
+    python _zygote_main.py CONTROL_FD IN_PROCESS_SCRIPT BACKEND_MODULE [pid]
 
 so it must stay valid on every Python a build environment may have (3.8 and
 later: no 3.9+ syntax or library calls; a test parses it as 3.8) and import
@@ -25,6 +25,16 @@ The exited child is reaped only when the daemon next writes (``{"op":
 reserved, so the daemon may kill that group without risk of hitting a
 stranger (what WNOWAIT gives the plain path). One child at a time: the
 daemon leases an environment to one hook call at a time (rule 1).
+
+With ``pid`` (the daemon contains its calls: containment.py), the child is
+the first process of a PID namespace of its own (unshare(CLONE_NEWPID)
+before the fork, setns back after it): a tiny init that forks the hook,
+reaps whatever gets re-parented to it, and on the hook's end writes its
+wait status to a pipe and exits, at which the kernel kills everything left
+in the namespace. Its pid may be this process's namespace's rather than the
+daemon's, so the daemon never signals it: it sends ``{"op": "kill"}`` and
+this process kills the init. The end of the control socket (the daemon is
+gone) kills the running child too.
 """
 
 from __future__ import annotations
@@ -44,12 +54,15 @@ from importlib.machinery import SourceFileLoader
 from typing import Any
 
 _MAX_MESSAGE = 1 << 20
+_CLONE_NEWPID = 0x20000000
+_PR_SET_PDEATHSIG = 1
 
 
 def main() -> None:
     control_fd, script, backend_module = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     sock = socket.socket(fileno=control_fd)
     try:
+        namespaces = _Namespaces() if sys.argv[4:5] == ["pid"] else None
         module = _prepare(script, backend_module)
     except BaseException:
         _send(sock, {"error": traceback.format_exc()})
@@ -58,7 +71,7 @@ def main() -> None:
     child = 0
     while True:
         message, fds = _recv(sock)
-        if child:
+        if child and (message is None or message.get("op") != "kill"):
             # The daemon has read the child's status (and killed what it
             # wanted to): only now may the pid be recycled.
             _reap(child)
@@ -68,26 +81,149 @@ def main() -> None:
         if message.get("op") != "run" or len(fds) != 2:
             for fd in fds:
                 os.close(fd)
-            if message.get("op") == "reap":
+            if message.get("op") in ("reap", "kill"):
+                # A kill after the child's end finds only its zombie: nothing to do.
                 continue
             _send(sock, {"error": f"bad request: {message!r}"})
             return
         # Nothing buffered may be written twice, by this process and the child.
         sys.stdout.flush()
         sys.stderr.flush()
-        child = os.fork()
-        if child == 0:
-            sock.close()
+        if namespaces is None:
+            child = os.fork()
+            if child == 0:
+                sock.close()
+                _become_hook(module, message, fds)  # never returns
+            for fd in fds:
+                os.close(fd)
+            _send(sock, {"pid": child})
+            returncode = _wait_exited(child)
+            # Whatever the hook left running in its group goes with it, as after
+            # a plain hook; the zombie still holds the group id, so this is safe.
+            with contextlib.suppress(OSError):
+                os.killpg(child, signal.SIGKILL)
+        else:
+            status_r, status_w = os.pipe()
+            child = namespaces.fork()
+            if child == 0:
+                sock.close()
+                os.close(status_r)
+                _be_init(namespaces, module, message, fds, status_w)  # never returns
+            os.close(status_w)
+            for fd in fds:
+                os.close(fd)
+            _send(sock, {"pid": child})
+            ended = _await_init(sock, child, status_r)
+            if ended is None:
+                return  # the daemon is gone; the child was killed
+            returncode = ended
+        _send(sock, {"pid": child, "returncode": returncode})
+
+
+class _Namespaces:
+    """unshare(CLONE_NEWPID) before a fork, setns back after it: one namespace per fork."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._get_errno = ctypes.get_errno
+        self._own = os.open("/proc/self/ns/pid", os.O_RDONLY)
+        # Fail now, at start-up, rather than at the first call.
+        self._call("unshare", _CLONE_NEWPID)
+        self._call("setns", self._own, _CLONE_NEWPID)
+
+    def fork(self) -> int:
+        me = os.getpid()
+        self._call("unshare", _CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        finally:
+            if os.getpid() == me:  # the parent: the next fork starts afresh
+                self._call("setns", self._own, _CLONE_NEWPID)
+        if pid == 0:
+            os.close(self._own)
+        return pid
+
+    def die_with_parent(self) -> None:
+        self._libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def _call(self, name: str, *args: int) -> None:
+        if getattr(self._libc, name)(*args) != 0:
+            code = self._get_errno()
+            raise OSError(code, f"{name}: {os.strerror(code)}")
+
+
+def _be_init(
+    namespaces: _Namespaces,
+    module: types.ModuleType,
+    message: dict[str, Any],
+    fds: list[int],
+    status: int,
+) -> None:
+    """The first process of the hook's namespace: fork the hook, reap, report, exit."""
+    try:
+        # Dies with the fork server, and so does the whole namespace.
+        namespaces.die_with_parent()
+        os.setsid()  # a group of its own, as a plain hook's starter has
+        hook = os.fork()
+        if hook == 0:
+            os.close(status)
             _become_hook(module, message, fds)  # never returns
         for fd in fds:
-            os.close(fd)
-        _send(sock, {"pid": child})
-        returncode = _wait_exited(child)
-        # Whatever the hook left running in its group goes with it, as after
-        # a plain hook; the zombie still holds the group id, so this is safe.
-        with contextlib.suppress(OSError):
-            os.killpg(child, signal.SIGKILL)
-        _send(sock, {"pid": child, "returncode": returncode})
+            os.close(fd)  # the hook's pipes must end with the hook's tree
+        while True:
+            pid, wait_status = os.waitpid(-1, 0)
+            if pid == hook:
+                break
+        _write_all(status, str(wait_status).encode())
+    finally:
+        os._exit(0)
+
+
+def _await_init(sock: socket.socket, init: int, status: int) -> int | None:
+    """The hook's exit code once the init has reported it (or was killed); None: daemon gone."""
+    import select
+
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(status, select.POLLIN)
+    data = b""
+    gone = False
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if sock.fileno() in ready and not gone:
+            message, extra = _recv(sock)
+            for fd in extra:
+                os.close(fd)
+            if message is None:
+                gone = True
+                poller.unregister(sock)
+                _kill(init)
+            elif message.get("op") == "kill":
+                _kill(init)
+        if status in ready:
+            chunk = os.read(status, 64)
+            data += chunk
+            if not chunk:
+                break
+    os.close(status)
+    returncode = _wait_exited(init)
+    if gone:
+        _reap(init)
+        return None
+    if not data:
+        return returncode  # the init itself was killed: its signal
+    wait_status = int(data)
+    if os.WIFSIGNALED(wait_status):
+        return -os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+def _kill(pid: int) -> None:
+    # Not reaped yet: the pid still names our child.
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _prepare(script: str, backend_module: str) -> types.ModuleType:

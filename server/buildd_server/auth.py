@@ -10,9 +10,11 @@ metadata again). Tokens are compared as SHA-256 digests with
 ``hmac.compare_digest`` against every entry, so the time taken says nothing
 about which token, or how much of one, matched.
 
-Without tokens there is no identity: callers on a Unix socket or a loopback
-address are the principal ``local`` (an admin, allowed to name any path),
-anyone else (only possible with ``--insecure``) is ``anonymous``.
+Without tokens there is no identity: callers on a Unix socket are the
+principal ``local`` (an admin, allowed to name any path), anyone else (only
+possible with ``--insecure``) is ``anonymous``. On loopback TCP without a
+token file the daemon makes a token of its own user's (access.py): whoever
+presents it is ``local``; with ``--insecure`` instead, every loopback caller is.
 """
 
 from __future__ import annotations
@@ -183,6 +185,16 @@ class Authenticator:
                 )
         self._admins = frozenset(admins)
         self.allow_paths = tuple(Path(os.path.realpath(p)) for p in allow_paths)
+        # The loopback daemon's own token (access.LocalToken): its holder is ``local``.
+        self._local: bytes | None = None
+
+    def add_local_token(self, token: str) -> None:
+        """Require tokens, and let this one (the daemon's user's) stand for ``local``."""
+        if self._tokens:
+            raise errors.DaemonStartupError("a local token goes only with no --token-file")
+        digest = hashlib.sha256(token.encode()).digest()
+        self._local = digest
+        self._tokens = (Token(LOCAL, digest, 0),)
 
     @classmethod
     def from_config(cls, config: Config) -> Authenticator:
@@ -196,6 +208,11 @@ class Authenticator:
     @property
     def principals(self) -> list[str]:
         return [token.name for token in self._tokens]
+
+    @property
+    def local_token(self) -> bool:
+        """True when the only token is the daemon's own user's (loopback TCP)."""
+        return self._local is not None
 
     def match(self, token: str | None) -> str | None:
         """The principal whose token this is; every entry is compared, in constant time."""
@@ -216,6 +233,8 @@ class Authenticator:
             name = self.match(bearer_token(metadata))
             if name is None:
                 return None
+            if self._local is not None:
+                return Principal(LOCAL, remote=False, admin=True)
             return Principal(name, remote=True, admin=name in self._admins)
         if is_local_peer(peer):
             return Principal(LOCAL, remote=False, admin=True)
@@ -242,6 +261,27 @@ class Authenticator:
             f"under an --allow-path root ({roots}); upload the source instead "
             "(buildd-client --upload)",
             path=path,
+        )
+
+    def check_interpreter(self, who: Principal, spec: str) -> None:
+        """Refuse a remote principal an interpreter path the daemon did not find itself.
+
+        An interpreter runs outside every sandbox (the daemon probes it and
+        virtualenv runs it to make the environment), so a remote principal may
+        name only one of the daemon's own (``ListInterpreters``), or a version.
+        """
+        if not who.remote or not os.path.isabs(spec):
+            return
+        from .interpreter_discovery import candidates
+
+        known = {os.path.realpath(path) for path, _ in candidates()}
+        if os.path.realpath(spec) in known:
+            return
+        raise errors.PermissionDenied(
+            f"context.python: principal {who.name!r} may not name the interpreter {spec[:200]!r}: "
+            "it is none of the daemon's interpreters (ListInterpreters); name one of those, "
+            'or a version such as "3.12"',
+            field="context.python",
         )
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
@@ -342,6 +382,14 @@ def check_listen(address: Address, auth: Authenticator, tls: bool, insecure: boo
             )
         return
     if address.is_local:
+        if not auth.tokens_configured and insecure:
+            log.warning(
+                "insecure_listen",
+                address=address.target,
+                tls=tls,
+                tokens=False,
+                reason="--insecure: every local user can use the daemon as its own user",
+            )
         return
     missing = [what for what, ok in (("TLS", tls), ("tokens", auth.tokens_configured)) if not ok]
     if not missing:

@@ -17,6 +17,13 @@ Unpacking goes through ``sources.unpack_sdist`` with the daemon's caps, so a
 tree archive gets exactly the checks an sdist gets (no absolute names, no
 ``..``, no links or hard links leading out, no devices or fifos) plus the caps
 on unpacked size, member count and compression ratio.
+
+A blob is hashed again before every unpacking: one that no longer matches its
+name (changed on disk since it was uploaded, by a hook or by hand) is
+refused with BLOB_CORRUPT and evicted, so the next upload replaces it. Blob
+files are read-only (0400) in a 0700 folder, and sandboxed hooks do not see
+the folder at all (containment.py); the check is for what can still write
+there: the daemon's own user, and hooks of local principals.
 """
 
 from __future__ import annotations
@@ -193,6 +200,7 @@ class BlobStore:
             if name in self._entries:  # a concurrent upload of the same bytes won
                 self._touch(name)
                 return False
+            os.chmod(temporary, 0o400)
             os.replace(temporary, self.root / name)
             self._entries[name] = size
             self._total += size
@@ -214,6 +222,7 @@ class BlobStore:
             self._touch(name)
             self._pins[name] = self._pins.get(name, 0) + 1
         try:
+            self._verify(name, digest)
             return unpack_sdist(
                 self.root / name,
                 dest,
@@ -225,6 +234,44 @@ class BlobStore:
                 left = self._pins.pop(name) - 1
                 if left:
                     self._pins[name] = left
+
+    def _verify(self, name: str, digest: str) -> None:
+        """Refuse (and evict) a blob whose bytes no longer hash to its name."""
+        hasher = hashlib.sha256()
+        try:
+            with open(self.root / name, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(chunk)
+        except FileNotFoundError as exc:
+            self._evict(name, "missing")
+            raise errors.BlobNotFound(
+                f"context.source.digest: {digest} is gone from the daemon's cache: upload it again",
+                path=digest,
+                field="context.source.digest",
+                metadata={"digest": digest},
+            ) from exc
+        actual = hasher.hexdigest()
+        if actual == name:
+            return
+        self._evict(name, "corrupt")
+        log.warning("blob_corrupt", digest=f"sha256:{name[:12]}", found=f"sha256:{actual[:12]}")
+        raise errors.BlobCorrupt(
+            f"context.source.digest: the cached upload {digest} now holds bytes with the "
+            f"digest sha256:{actual}: it was changed on disk since it was uploaded, so it was "
+            "evicted; upload it again",
+            path=digest,
+            field="context.source.digest",
+            metadata={"digest": digest, "found": f"sha256:{actual}"},
+        )
+
+    def _evict(self, name: str, why: str) -> None:
+        with self._lock:
+            size = self._entries.pop(name, None)
+            if size is not None:
+                self._total -= size
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / name).unlink()
+        log.info("blob_evicted", digest=f"sha256:{name[:12]}", bytes=size, reason=why)
 
     def _touch(self, name: str) -> None:
         """Lock held."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from . import containment
 from .installers import base_environment
 from .processes import kill_group
 
@@ -45,6 +46,7 @@ class Compiler:
     def start(
         self,
         env_id: str,
+        environment: Path,
         python: Path,
         site_packages: Path,
         backend: str = "",
@@ -55,14 +57,22 @@ class Compiler:
         ``backend``: an installed backend module to compile first (empty: none).
         """
         self.stop(env_id)
-        argv = [str(python), "-I", str(_MAIN), str(site_packages), backend]
+        # Contained like an install of the request that started it: the
+        # interpreter runs the environment's .pth files, which requirements of
+        # the caller's choosing installed.
+        argv, environ, _ = containment.command(
+            [str(python), "-I", str(_MAIN), str(site_packages), backend],
+            base_environment(),
+            str(site_packages),
+            containment.Confinement(environment=environment, install=True),
+        )
         with self._lock:
             if self._closed:
                 return
             try:
                 proc = subprocess.Popen(
                     argv,
-                    env=base_environment(),
+                    env=environ,
                     cwd=str(site_packages),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,

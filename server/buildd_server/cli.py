@@ -329,9 +329,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_store_options(parser)
     parser.add_argument(
+        "--containment",
+        choices=("auto", "pid", "sandbox", "none"),
+        default=_env("CONTAINMENT", "auto"),
+        help="how hook calls and installs are contained: pid (a PID namespace per call), "
+        "sandbox (plus a bubblewrap sandbox), none; auto (default): sandbox for remote "
+        "principals and pid for local ones, as far as the machine allows "
+        "(see docs/configuration.md)",
+    )
+    parser.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a non-loopback TCP address without TLS and tokens",
+        help="allow a non-loopback TCP address without TLS and tokens, and a loopback one "
+        "without any token",
     )
     parser.add_argument(
         "--daemon-id",
@@ -365,6 +375,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         parser.error(f"--log-format {args.log_format!r}: choose from console, json, auto")
     if args.installer not in ("auto", "pip", "uv"):
         parser.error(f"--installer {args.installer!r}: choose from auto, pip, uv")
+    if args.containment not in ("auto", "pid", "sandbox", "none"):
+        parser.error(f"--containment {args.containment!r}: choose from auto, pid, sandbox, none")
     for name in ("session_ttl", "hook_timeout"):
         if getattr(args, name) <= 0:
             _parser().error(f"--{name.replace('_', '-')} must be positive")
@@ -418,6 +430,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         insecure=args.insecure,
         metrics_address=args.metrics_address,
         fork_server=not args.no_fork_server,
+        containment=args.containment,
         store=not args.no_store,
         store_size=args.store_size,
         store_ttl=args.store_ttl,

@@ -115,5 +115,8 @@ class Config:
     max_watches_per_session: int = 64
     # Trees the daemon watches at once, each one inotify instance (treewatch.py).
     max_watched_trees: int = 32
+    # How hook calls and installs are contained (containment.py):
+    # auto, pid, sandbox or none.
+    containment: str = "auto"
     # This daemon's name among several behind one proxy (docs/scale-out.md).
     daemon_id: str = ""

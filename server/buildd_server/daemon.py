@@ -39,7 +39,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from buildd.v1 import buildd_pb2, buildd_pb2_grpc
 from buildd_client.addresses import Address, default_address, ensure_private_dir, parse_address
 
-from . import zygotes
+from . import containment, zygotes
+from .access import LocalToken, check_folder
 from .auth import Authenticator, check_listen, server_credentials
 from .blobs import BlobStore
 from .bytecode import COMPILER
@@ -93,6 +94,7 @@ class Daemon:
         self._health = health.aio.HealthServicer()
         self._grace: float | None = None
         self.metrics_port = 0
+        self._local_token: LocalToken | None = None
 
     # -------------------------------------------------------------- start --
 
@@ -103,10 +105,20 @@ class Daemon:
         self.auth = Authenticator.from_config(self.config)
         self._tls = server_credentials(self.config)
         check_listen(self.address, self.auth, self._tls is not None, self.config.insecure)
+        if (
+            self.address.kind == "tcp"
+            and self.address.is_local
+            and not self.auth.tokens_configured
+            and not self.config.insecure
+        ):
+            # Loopback TCP reaches every local user: only this user gets the token.
+            self._local_token = LocalToken()
+            self.auth.add_local_token(self._local_token.value)
         self._take_state_dir()
         installer = select_installer(self.config.installer)
         sessions_root = self.config.state_dir / "sessions"
         sessions_root.mkdir(mode=0o700, exist_ok=True)
+        containment.configure(self._containment(installer.name))
 
         factory = EnvironmentFactory(
             self.config.state_dir,
@@ -211,9 +223,32 @@ class Daemon:
             tls=self._tls is not None,
             client_certificates=self.config.tls_client_ca is not None,
             principals=self.auth.principals or ["local"],
+            local_token=str(self._local_token.path) if self._local_token else None,
             admins=list(self.config.admins),
             allow_paths=[str(p) for p in self.auth.allow_paths],
             caps=dataclasses.asdict(self.config.caps),
+        )
+
+    def _containment(self, installer: str) -> containment.Policy:
+        """Probe and fix how hooks and installs are contained (refuses what cannot be had)."""
+        config = self.config
+        secrets = [p for p in (config.token_file, config.tls_key) if p is not None]
+        if self.address.kind == "unix" and self.address.path:
+            secrets.append(Path(self.address.path))
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / installer
+        with contextlib.suppress(OSError):
+            cache.mkdir(parents=True, exist_ok=True)
+        choice = config.containment
+        assert choice in containment.CHOICES
+        return containment.detect(
+            choice,
+            state_dir=config.state_dir,
+            remote_possible=config.token_file is not None or not self.address.is_local,
+            hidden_files=secrets,
+            install_readable=[
+                Path(link) for link in config.installer_options.find_links if "://" not in link
+            ],
+            install_writable=[cache] if cache.is_dir() else [],
         )
 
     async def _serve(self) -> grpc.aio.Server:
@@ -270,6 +305,7 @@ class Daemon:
             probe.unlink()
         except OSError as exc:
             raise DaemonStartupError(f"state dir {state} is not writable: {exc.strerror}") from exc
+        check_folder(state, "state dir")
         lock = filelock.FileLock(str(state / "daemon.lock"))
         try:
             lock.acquire(timeout=0)
@@ -303,6 +339,8 @@ class Daemon:
         metrics: Metrics | None = getattr(self, "metrics", None)
         if metrics is not None:
             metrics.stop()
+        if self._local_token is not None:
+            self._local_token.remove()
         if self._events is not None:
             self._events.close()
         if self._blocking is not None:
@@ -325,6 +363,7 @@ class Daemon:
                 ensure_private_dir(path.parent)
             elif not path.parent.is_dir():
                 raise DaemonStartupError(f"--address: folder {path.parent} does not exist")
+            check_folder(path.parent, "--address: the socket's folder")
             _clear_stale_socket(path)
             old_umask = os.umask(0o177)
             try:
@@ -351,6 +390,8 @@ class Daemon:
             raise DaemonStartupError(f"--address: cannot listen on {address.target}")
         if address.port == 0:
             self.address = parse_address(f"{address.host}:{port}")
+        if self._local_token is not None:
+            self._local_token.write(port)
 
     # --------------------------------------------------------------- run --
 
@@ -442,6 +483,8 @@ class Daemon:
         if self.address.kind == "unix" and self.address.path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)
+        if self._local_token is not None:
+            self._local_token.remove()
         shutil.rmtree(self.config.state_dir / "sessions", ignore_errors=True)
         if self._lock is not None:
             with contextlib.suppress(FileNotFoundError):

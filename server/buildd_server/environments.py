@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from . import errors, manifest, markers, zygotes
+from . import containment, errors, manifest, markers, zygotes
 from .bytecode import COMPILER, Compiler
 from .events import Emit, Event, Log, LogSource, Phase
 from .markers import LEASE_FILE, METADATA_FILE, OFF_FILE, mark_leased, unmark_leased
@@ -314,10 +314,26 @@ class EnvironmentFactory:
             python, requirements, self.options, cache_dir=cache_dir
         )
         label = f"{self.installer.name} installing {listed} into {path}"
+        if cache_dir is not None:
+            # A sandboxed install sees only what exists to be bound in.
+            with contextlib.suppress(OSError):
+                cache_dir.mkdir(parents=True, exist_ok=True)
+        # The principal's own installer cache is the install's too. In a
+        # sandbox it is a mount of its own, so uv copies from it instead of
+        # hard-linking (link(2) refuses across mounts): binding the whole
+        # principal folder instead would let one install write the
+        # principal's other environments.
+        confine = containment.Confinement(
+            environment=path,
+            install=True,
+            writable=(cache_dir,) if cache_dir else (),
+            shared_cache=cache_dir is None,
+        )
         try:
             result = run_process(
                 argv,
                 env=environ,
+                confine=confine,
                 label=label,
                 hook="install",
                 emit=_from_source(emit, "installer"),
@@ -358,7 +374,7 @@ class EnvironmentFactory:
             if self.on_resized is not None:
                 self.on_resized(env)
 
-        self.compiler.start(env.id, env.python, env.site_packages, backend, on_done=done)
+        self.compiler.start(env.id, env.path, env.python, env.site_packages, backend, on_done=done)
 
 
 def _mapped(exc: BaseException, what: str, path: Path) -> BaseException:

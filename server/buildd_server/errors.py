@@ -196,6 +196,13 @@ class PermissionDenied(BuilddError):
     kind = pb.FAILURE_KIND_PERMISSION_DENIED
 
 
+class BlobCorrupt(BuilddError):
+    """A cached upload no longer matches its digest; it has been evicted."""
+
+    status = grpc.StatusCode.DATA_LOSS
+    kind = pb.FAILURE_KIND_BLOB_CORRUPT
+
+
 class Unauthenticated(BuilddError):
     """The call carries no token, or one the daemon does not know."""
 

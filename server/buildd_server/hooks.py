@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import pyproject_hooks
 
-from . import errors, zygotes
+from . import containment, errors, zygotes
 from .checks import missing_mandatory_hook
 from .events import Emit, HookOutcome, Log, Phase
 from .processes import TAIL_LINES, mentions_enospc
@@ -81,6 +81,10 @@ class HookRunner:
     cancel: threading.Event
     timeout: float | None
     quiet: bool = False
+    # The call's own folders besides its source tree (cwd) and control folder:
+    # what a sandboxed hook may write, and may only read (containment.py).
+    writable: tuple[Path, ...] = ()
+    readable: tuple[Path, ...] = ()
 
     def __call__(
         self,
@@ -94,6 +98,12 @@ class HookRunner:
         if self.cancel.is_set():
             raise errors.Cancelled(f"{label} was cancelled before it started", hook=hook)
         self.env.hook_calls += 1
+        control = (Path(cmd[3]),) if len(cmd) > 3 else ()
+        confine = containment.Confinement(
+            environment=self.env.path,
+            writable=(*control, *self.writable),
+            readable=self.readable,
+        )
         try:
             result = zygotes.REGISTRY.run(
                 self.env,
@@ -105,6 +115,7 @@ class HookRunner:
                 emit=self.emit,
                 cancel=self.cancel,
                 timeout=self.timeout,
+                confine=confine,
                 quiet=self.quiet,
             )
         except OSError as exc:
@@ -185,7 +196,9 @@ class Hooks:
     ) -> tuple[str, bool]:
         """(dist-info folder name, whether it came from a fallback wheel build)."""
         hook = f"prepare_metadata_for_build_{dist}"
-        result = self._call(hook, str(metadata_dir), dict(config_settings))
+        result = self._call(
+            hook, str(metadata_dir), dict(config_settings), writable=(metadata_dir,)
+        )
         if not _is_basename(result) or not (metadata_dir / result).is_dir():
             raise self._failed(hook, f"returned {result!r:.200}, not a folder in {metadata_dir}")
         # pyproject_hooks leaves this marker when it built a wheel to get the metadata.
@@ -205,16 +218,24 @@ class Hooks:
         """
         hook = f"build_{dist}"
         args: list[object] = [str(output_dir), dict(config_settings)]
+        readable: tuple[Path, ...] = ()
         if dist != "sdist":
             args.append(None if metadata_directory is None else str(_dist_info(metadata_directory)))
-        result = self._call(hook, *args)
+            readable = () if metadata_directory is None else (metadata_directory,)
+        result = self._call(hook, *args, writable=(output_dir,), readable=readable)
         if not _is_basename(result) or not (output_dir / result).is_file():
             raise self._failed(hook, f"returned {result!r:.200}, not a file in {output_dir}")
         return str(result)
 
     # ------------------------------------------------------------ internals --
 
-    def _call(self, hook: str, *args: object) -> object:
+    def _call(
+        self,
+        hook: str,
+        *args: object,
+        writable: tuple[Path, ...] = (),
+        readable: tuple[Path, ...] = (),
+    ) -> object:
         """Call the BuildBackendHookCaller method named like the hook, mapping its errors."""
         env, project = self.env, self.project
         where = str(project.pyproject or project.root)
@@ -225,6 +246,8 @@ class Hooks:
             cancel=self.cancel,
             timeout=self.timeout,
             quiet=self.quiet,
+            writable=writable,
+            readable=readable,
         )
         try:
             caller = pyproject_hooks.BuildBackendHookCaller(

@@ -1,17 +1,21 @@
 """Running one child process tree to completion, watched.
 
 ``run_process`` is the one place where the daemon starts a plain child: its
-own process group (so the whole tree can be killed), stdin closed, stdout and
-stderr read line by line as they come, bounded memory whatever the child
-writes, timeout and cancel enforced. ``supervise`` is that watching part on
-its own, for a child someone else started (the fork server's, see zygotes.py):
-anything that offers a ``Child`` gets the same streaming, bounds and kills.
+own process group (so the whole tree can be killed), contained as the
+request's principal requires (containment.py: a PID namespace, or a
+sandbox), stdin closed, stdout and stderr read line by line as they come,
+bounded memory whatever the child writes, timeout and cancel enforced.
+``supervise`` is that watching part on its own, for a child someone else
+started (the fork server's, see zygotes.py): anything that offers a ``Child``
+gets the same streaming, bounds and kills.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -20,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Literal, Protocol
 
-from . import errors
+from . import containment, errors
 from .events import Emit, Log
 
 if TYPE_CHECKING:
@@ -35,6 +39,9 @@ _TICK = 0.1
 # After the group is killed, how long to wait for the pipes to close: only a
 # process that left the group (setsid) can hold them open past that.
 _PIPE_GRACE = 5.0
+# How long, at most, a PID namespace's end may trail its bubblewrap's
+# (microseconds in practice: the kernel kills what is left at once).
+_NAMESPACE_GRACE = 10
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,15 @@ class Child(Protocol):
     def reap(self) -> int:
         """Release the pid and return the exit code (negative: killed by that signal)."""
 
+    def kill(self) -> None:
+        """SIGKILL the child's whole tree; harmless once it has exited (until ``reap``)."""
+
 
 def run_process(
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
+    confine: containment.Confinement,
     label: str,
     hook: str,
     emit: Emit,
@@ -81,20 +92,35 @@ def run_process(
     """Run ``argv`` to completion and return its exit code and last lines.
 
     ``label`` names the process in error messages, ``hook`` tags its Log
-    events. Raises errors.Timeout / errors.Cancelled after killing the
-    process group; OSError when the process cannot be started.
+    events, ``confine`` says which of the request's folders it needs (used
+    when the request's principal is sandboxed). Raises errors.Timeout /
+    errors.Cancelled after killing the process group; OSError when the
+    process cannot be started.
     """
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    info_r, info_w = os.pipe() if containment.current_mode() != "none" else (-1, -1)
+    try:
+        command, environ, wrapped = containment.command(
+            argv, env, cwd, confine, info_w if info_w >= 0 else None
+        )
+        proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=(info_w,) if info_w >= 0 else (),
+        )
+    except BaseException:
+        for fd in (info_r, info_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    if info_w >= 0:
+        os.close(info_w)
     return supervise(
-        _Popened(proc),
+        _Popened(proc, wrapped, _namespace_pidfd(info_r) if info_r >= 0 else None),
         label=label,
         hook=hook,
         emit=emit,
@@ -162,7 +188,7 @@ def supervise(
         # Always: on timeout or cancel this stops the work; after a normal exit
         # it removes what the child left running (daemons, sleep loops), which
         # would otherwise outlive the call and keep the pipes open.
-        kill_group(child.pid)
+        child.kill()
         exited.wait()
         try:
             returncode = child.reap()
@@ -203,9 +229,14 @@ def kill_group(pgid: int) -> None:
 class _Popened:
     """A subprocess.Popen child seen as a ``Child``."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], wrapped: bool = False, namespace: int | None = None
+    ) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         self._proc = proc
+        self._wrapped = wrapped
+        # A pidfd of the PID namespace's first process (under bubblewrap).
+        self._namespace = namespace
         self.pid = proc.pid
         self.stdout: IO[bytes] = proc.stdout
         self.stderr: IO[bytes] = proc.stderr
@@ -220,9 +251,52 @@ class _Popened:
                 self._proc.wait()
         except ChildProcessError:
             pass
+        if self._namespace is not None:
+            # bubblewrap can end before its namespace is empty: the call ends
+            # when the namespace's first process (and so everything) is gone.
+            poller = select.poll()
+            poller.register(self._namespace, select.POLLIN)
+            poller.poll(_NAMESPACE_GRACE * 1000)
+            os.close(self._namespace)
+            self._namespace = None
 
     def reap(self) -> int:
-        return self._proc.wait()
+        return containment.exit_status(self._proc.wait(), self._wrapped)
+
+    def kill(self) -> None:
+        # bubblewrap, when wrapped, leads the group; its sandbox dies with it.
+        kill_group(self.pid)
+
+
+def _namespace_pidfd(info: int) -> int | None:
+    """A pidfd of the namespace's first process, from bubblewrap's --info-fd JSON."""
+    # bubblewrap writes it before it starts the command (its namespace's
+    # first process keeps the pipe open, so no end of file comes); one that
+    # fails closes the pipe with nothing written.
+    data = b""
+    poller = select.poll()
+    poller.register(info, select.POLLIN)
+    deadline = time.monotonic() + _NAMESPACE_GRACE
+    try:
+        while time.monotonic() < deadline:
+            if not poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                break
+            chunk = os.read(info, 4096)
+            if not chunk:
+                break
+            data += chunk
+            try:
+                pid = int(json.loads(data)["child-pid"])
+            except ValueError:
+                continue  # not all of it yet
+            except (KeyError, TypeError):
+                return None
+            return os.pidfd_open(pid)
+    except OSError:
+        return None
+    finally:
+        os.close(info)
+    return None
 
 
 def _tick(deadline: float | None) -> float:

@@ -34,6 +34,9 @@ class Request:
     principal: str | None = None
     # Run every hook even when a cached answer is valid (hookcache.py).
     no_cache: bool = False
+    # Whether that principal is remote: its hooks and installs are then
+    # contained as containment.py's policy says for remote principals.
+    remote: bool = False
 
 
 @dataclass

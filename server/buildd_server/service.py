@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import structlog
 
-from . import checks, errors
+from . import checks, containment, errors
 from .artifacts import publish
 from .blobs import BlobStore, is_digest, unpack_upload
 from .events import Emit, Phase
@@ -308,7 +308,10 @@ class BuildService:
     ) -> T:
         if self.draining:
             raise errors.Unavailable("the daemon is shutting down and takes no new requests")
-        with self._registry.using(request.session_id, principal=request.principal) as session:
+        with (
+            self._registry.using(request.session_id, principal=request.principal) as session,
+            containment.caller(request.remote),
+        ):
             return self._run_in(session, request, emit, cancel, work)
 
     def _run_in(

@@ -50,10 +50,11 @@ _TIMEOUT_MS = 1000
 # The default of --max-watched-trees: a quarter of Linux's default 128
 # inotify instances per user, which the user's editors and tools share.
 MAX_TREES = 32
-# A new folder's watch is looked for this many times, 50 ms apart (notify
-# adds it right after passing the folder's event on), and in this many
-# folders at most per batch.
-_CHECKS = 4
+# A new folder's watch is looked for this many times, 50 ms apart: notify
+# adds it right after passing the folder's event on, but its thread may be
+# descheduled on a busy machine, and a false alarm would end every watch of
+# the tree. At most this many folders are checked per batch.
+_CHECKS = 20
 _MAX_CHECKED = 10_000
 _ADDED = 1  # watchfiles.Change.added
 

@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
-from . import errors
+from . import containment, errors
 from .processes import ProcessResult, kill_group, run_process, supervise
 
 if TYPE_CHECKING:
@@ -68,6 +68,10 @@ class Identity:
     module: str
     environ: str  # sha256 of the variables, the backend spec left out
     generation: tuple[str, int]  # environment fingerprint, site-packages mtime
+    # Each fork in a PID namespace of its own (containment.py); the zygote
+    # then kills its children itself, since their pids may be its own
+    # namespace's, not the daemon's.
+    contained: bool = False
 
 
 def identity_for(
@@ -75,6 +79,8 @@ def identity_for(
 ) -> Identity | None:
     """The zygote this hook call could use, or None when it must run plain."""
     if not (SUPPORTED and env.fork_server) or len(argv) < 4 or environ.get(_BACKEND_PATH):
+        return None
+    if not containment.fork_server_allowed():
         return None
     module = environ.get(_BACKEND, "").partition(":")[0].strip()
     if module not in PREIMPORT_SAFE:
@@ -87,7 +93,8 @@ def identity_for(
     # setuptools.build_meta and setuptools.build_meta:__legacy__ alike.
     rest = sorted((k, v) for k, v in environ.items() if k != _BACKEND)
     digest = hashlib.sha256(json.dumps(rest).encode("utf-8", "surrogateescape")).hexdigest()
-    return Identity(argv[0], argv[1], module, digest, (env.fingerprint, mtime))
+    contained = containment.zygote_launch()[1]
+    return Identity(argv[0], argv[1], module, digest, (env.fingerprint, mtime), contained)
 
 
 class Zygote:
@@ -111,11 +118,12 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # An empty private folder: nothing of the daemon's cwd or of a project.
         cwd = env.path / ".zygote"
+        prefix, contained = containment.zygote_launch()
         try:
             cwd.mkdir(mode=0o700, exist_ok=True)
-            argv = [identity.python, str(_MAIN), str(theirs.fileno())]
+            argv = [*prefix, identity.python, str(_MAIN), str(theirs.fileno())]
             proc = subprocess.Popen(
-                [*argv, identity.script, identity.module],
+                [*argv, identity.script, identity.module, *(["pid"] if contained else [])],
                 cwd=cwd,
                 env=dict(environ),
                 stdin=subprocess.DEVNULL,
@@ -256,6 +264,19 @@ class _Forked:
                 self.zygote.error = f"cannot send reap: {exc}"
         return self.returncode
 
+    def kill(self) -> None:
+        if not self.zygote.identity.contained:
+            kill_group(self.pid)
+            return
+        # The pid is the zygote's to signal: the first process of the hook's
+        # namespace, whose end takes everything in it along.
+        try:
+            self.zygote.sock.send(b'{"op": "kill"}')
+        except OSError:
+            # The zygote is gone, and its children went with it (their
+            # namespaces die with their parent's death signal).
+            return
+
 
 def _readable(sock: socket.socket, timeout: float) -> bool:
     # poll, not select: the daemon's descriptors may number past FD_SETSIZE.
@@ -286,6 +307,7 @@ class Zygotes:
         emit: Emit,
         cancel: threading.Event,
         timeout: float | None,
+        confine: containment.Confinement,
         quiet: bool = False,
     ) -> ProcessResult:
         """Run one hook call: through ``env``'s zygote when it may, else plain."""
@@ -301,7 +323,7 @@ class Zygotes:
             if result is not None:
                 return result
             self._failed(zygote)
-        result = run_process(argv, env=environ, cwd=cwd, **watch)
+        result = run_process(argv, env=environ, cwd=cwd, confine=confine, **watch)
         if identity is not None and zygote is None:
             self._start(env, identity, environ)
         return result

@@ -242,7 +242,10 @@ def test_unwritable_state_dir_is_refused(wheelhouse: Path) -> None:
 def test_restart_after_sigkill_stops_hooks_left_running(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
-    process = make_daemon()
+    # Uncontained (--containment none): a hook then outlives a killed daemon,
+    # and the next daemon's reclaim is what stops it. Contained hooks die
+    # with the daemon (tests/security/test_escapes.py).
+    process = make_daemon(["--containment", "none"])
     source = probe_project(tmp_path / "hang", tmp_path / "probe.log", hold=300)
     with Client(process.address, autostart=False) as client:
         session = client.open_session("orphan-hook")
@@ -260,7 +263,7 @@ def test_restart_after_sigkill_stops_hooks_left_running(
     leased = _env_dirs(process.state_dir)
     assert len(leased) == 1 and (leased[0] / "buildd-lease").exists()
     # ...until the next daemon on that state folder reclaims the orphans.
-    make_daemon(root=process.root)
+    make_daemon(["--containment", "none"], root=process.root)
     deadline = time.monotonic() + 10
     while _alive(hook_pid):
         assert time.monotonic() < deadline, f"hook {hook_pid} still runs"

@@ -445,13 +445,18 @@ def test_hook_changing_cwd_and_environment(
 def test_hook_leaving_a_background_process(
     bystander: Bystander, victim: Session, tmp_path: Path
 ) -> None:
+    # The child writes its pid as the machine sees it (the hook may have a
+    # PID namespace of its own, whose numbers mean nothing outside it).
     code = """
-    import subprocess
+    import subprocess, sys, time
 
     def get_requires_for_build_wheel(config_settings=None):
-        child = subprocess.Popen(["sleep", "1000"])
-        with open("child.pid", "w") as out:
-            out.write(str(child.pid))
+        subprocess.Popen([sys.executable, "-c", (
+            "import os, time; open('child.tmp', 'w').write(os.readlink('/proc/self')); "
+            "os.replace('child.tmp', 'child.pid'); time.sleep(1000)"
+        )])
+        while not os.path.exists("child.pid"):
+            time.sleep(0.01)
         return []
     """
     source = backend_project(tmp_path / "p", code)

@@ -47,17 +47,30 @@ HOOK_TIMEOUT = 4
 GROUP_GONE_WITHIN = 5.0
 
 # get_requires hangs while a file "hang" exists, with a child in its group;
-# it writes "HOOK_PID CHILD_PID" to "pids" first.
+# it writes "HOOK_PID CHILD_PID GROUP" to "pids" first, as the machine sees
+# them (under the daemon's containment the hook has a PID namespace of its
+# own, where os.getpid() is that namespace's number; /proc is the machine's).
 HANG = """
-import subprocess, time
+import subprocess, sys, time
+
+_SLEEPER = (
+    "import os, time; open('child.tmp', 'w').write(os.readlink('/proc/self')); "
+    "os.replace('child.tmp', 'child.pid'); time.sleep(1000)"
+)
 
 def get_requires_for_build_wheel(config_settings=None):
     if os.path.exists("hang"):
-        child = subprocess.Popen(["sleep", "1000"])
+        if os.path.exists("child.pid"):
+            os.remove("child.pid")
+        subprocess.Popen([sys.executable, "-c", _SLEEPER])
+        while not os.path.exists("child.pid"):
+            time.sleep(0.01)
+        child = open("child.pid").read()
+        group = open("/proc/self/stat").read().rsplit(")", 1)[1].split()[2]
         with open("pids.tmp", "w") as out:
-            out.write(f"{os.getpid()} {child.pid}")
+            out.write(f"{os.readlink('/proc/self')} {child} {group}")
         os.replace("pids.tmp", "pids")
-        print("hanging with child", child.pid, flush=True)
+        print("hanging with child", child, flush=True)
         time.sleep(1000)
     return []
 """
@@ -99,11 +112,13 @@ def _hang_project(root: Path) -> Path:
 
 
 def _hook_pids(source: Path) -> tuple[int, int]:
+    """(the hook's process group, its child): both run, the child in the hook's group."""
     wait_until((source / "pids").exists, "the hook to start", 60)
-    hook, child = (int(text) for text in (source / "pids").read_text().split())
-    # The setup holds: the hook and its child run, in the hook's own group.
-    assert set(group_members(hook)) == {hook, child}
-    return hook, child
+    hook, child, group = (int(text) for text in (source / "pids").read_text().split())
+    # The setup holds: the hook and its child run in one group, which is the
+    # hook's own (uncontained) or its bubblewrap's (in a PID namespace).
+    assert {hook, child} <= set(group_members(group))
+    return group, child
 
 
 CREATING = pb.PHASE_KIND_CREATING_ENVIRONMENT

@@ -53,7 +53,9 @@ def _upload_messages(data: bytes, digest: str) -> list[pb.UploadBlobRequest]:
 
 @pytest.fixture
 def named(make_remote: MakeRemote) -> RemoteDaemon:
-    return make_remote(("--daemon-id", "d-test", "--admin", "ops"))
+    # --containment pid: the probe backend writes its evidence to the test's
+    # folder, which a sandboxed remote principal's hook cannot reach.
+    return make_remote(("--daemon-id", "d-test", "--admin", "ops", "--containment", "pid"))
 
 
 def test_a_proposed_id_becomes_the_session_and_names_its_daemon(named: RemoteDaemon) -> None:

@@ -62,6 +62,12 @@ class ScaleDaemon(DaemonProcess):
                 str(tokens),
                 "--metrics-address",
                 f"127.0.0.1:{self.metrics_port}",
+                # These daemons prove routing, not sandboxing: the probe
+                # backends must write their evidence to the test's own folder,
+                # which a sandboxed (remote) principal's hook cannot reach
+                # (tests/security proves that).
+                "--containment",
+                "pid",
             ],
         )
         self.address = f"{HOST}:{port}"

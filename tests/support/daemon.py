@@ -65,15 +65,23 @@ class DaemonProcess:
             cmd += ["--no-index", "--find-links", str(self.wheelhouse)]
         return cmd + self.args
 
-    def start(self) -> DaemonProcess:
+    def environment(self) -> dict[str, str]:
+        """The daemon's variables: ``env`` (or the test's), running this checkout's code."""
         env = dict(os.environ if self.env is None else self.env)
         # Tests run the daemon from this checkout whether or not it is installed.
         repo = Path(__file__).resolve().parents[2]
         paths = [str(repo / "proto"), str(repo / "client"), str(repo / "server")]
         env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        return env
+
+    def start(self) -> DaemonProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self.environment(),
             )
         self.wait_ready()
         return self

@@ -33,6 +33,18 @@ import zipfile
 _ROOT = os.getcwd()
 
 
+def _host_pid():
+    """This process's pid as the machine sees it.
+
+    In a PID namespace of its own (the daemon's containment) os.getpid() is
+    the namespace's number; /proc, when it is the machine's, knows both.
+    """
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return os.getpid()
+
+
 def _config():
     with open(os.path.join(_ROOT, "probe.json"), encoding="utf-8") as handle:
         return json.load(handle)
@@ -43,7 +55,7 @@ def _record(hook, started, **extra):
     inherited = _INHERITED.pop(hook, None)
     entry = {
         "hook": hook,
-        "pid": os.getpid(),
+        "pid": _host_pid(),
         "prefix": sys.prefix,
         "executable": sys.executable,
         "start": started,
@@ -96,9 +108,9 @@ def _enter(hook):
     config = _config()
     if config.get("start_log"):
         # Written before the hold: a call killed mid-hook leaves this line only.
-        _append(config["start_log"], {"hook": hook, "pid": os.getpid(), "prefix": sys.prefix, "instance": _instance_id(), "start": started})
+        _append(config["start_log"], {"hook": hook, "pid": _host_pid(), "prefix": sys.prefix, "instance": _instance_id(), "start": started})
     _INHERITED[hook] = os.environ.get("BUILDD_PROBE_MARKER")
-    print(f"probe: {hook} starting in {sys.prefix} pid {os.getpid()}", flush=True)
+    print(f"probe: {hook} starting in {sys.prefix} pid {_host_pid()}", flush=True)
     # Leaks into the next call only if the daemon reused this process.
     os.environ["BUILDD_PROBE_MARKER"] = hook
     hold = float(config.get("hold", 0))

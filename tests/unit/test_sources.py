@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from buildd_server import sources
+from buildd_server import archives
 from buildd_server.errors import (
     BuilddError,
     InvalidProject,
@@ -313,7 +313,7 @@ def test_is_sdist(tmp_path: Path) -> None:
 def test_unpack_good_sdist(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_filter: bool
 ) -> None:
-    monkeypatch.setattr(sources, "_HAS_DATA_FILTER", data_filter)
+    monkeypatch.setattr(archives, "_HAS_DATA_FILTER", data_filter)
     sdist = make_tar(tmp_path / "pkg-1.0.tar.gz", GOOD)
     top = unpack_sdist(sdist, tmp_path / "out dir é")
     assert top == tmp_path / "out dir é" / "pkg-1.0"

@@ -292,12 +292,12 @@ def test_a_compile_can_be_stopped_and_waited_for(tmp_path: Path) -> None:
     (site / "m.py").write_text("M = 1\n")
     compiler = bytecode.Compiler()
     results: list[bool] = []
-    compiler.start("e1", Path(sys.executable), site, "", on_done=results.append)
+    compiler.start("e1", tmp_path, Path(sys.executable), site, "", on_done=results.append)
     assert compiler.wait("e1", 60)
     assert results == [True]
     assert not compiler.running("e1")
     compiler.stop_all()
-    compiler.start("e2", Path(sys.executable), site)  # refused after stop_all
+    compiler.start("e2", tmp_path, Path(sys.executable), site)  # refused after stop_all
     assert not compiler.running("e2")
 
 

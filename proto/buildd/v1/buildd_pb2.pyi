@@ -489,6 +489,12 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     """The call carries no bearer token, or one the daemon does not know.
     UNAUTHENTICATED.
     """
+    FAILURE_KIND_BLOB_CORRUPT: _FailureKind.ValueType  # 21
+    """An uploaded archive in the daemon's cache no longer matches its digest
+    when it is about to be unpacked (changed on disk since the upload). The
+    daemon has evicted it; uploading it again fixes this. DATA_LOSS;
+    Failure.path is the digest.
+    """
     FAILURE_KIND_SESSION_EXISTS: _FailureKind.ValueType  # 23
     """The session id proposed to OpenSession is taken by a live or recently
     ended session of the same principal: propose another (a fresh random one).
@@ -569,12 +575,60 @@ FAILURE_KIND_UNAUTHENTICATED: FailureKind.ValueType  # 20
 """The call carries no bearer token, or one the daemon does not know.
 UNAUTHENTICATED.
 """
+FAILURE_KIND_BLOB_CORRUPT: FailureKind.ValueType  # 21
+"""An uploaded archive in the daemon's cache no longer matches its digest
+when it is about to be unpacked (changed on disk since the upload). The
+daemon has evicted it; uploading it again fixes this. DATA_LOSS;
+Failure.path is the digest.
+"""
 FAILURE_KIND_SESSION_EXISTS: FailureKind.ValueType  # 23
 """The session id proposed to OpenSession is taken by a live or recently
 ended session of the same principal: propose another (a fresh random one).
 ALREADY_EXISTS.
 """
 Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
+
+class _Containment:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContainmentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Containment.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTAINMENT_UNSPECIFIED: _Containment.ValueType  # 0
+    """Not set (never sent)."""
+    CONTAINMENT_NONE: _Containment.ValueType  # 1
+    """A process group of its own; what leaves the group (setsid) can outlive
+    the call, and the call sees what the daemon's user sees.
+    """
+    CONTAINMENT_PID: _Containment.ValueType  # 2
+    """A PID namespace per call: when the call ends, for whatever reason,
+    every process it started is gone. The file system as the daemon sees it.
+    """
+    CONTAINMENT_SANDBOX: _Containment.ValueType  # 3
+    """A PID namespace plus a bubblewrap sandbox: the system read-only, a
+    private /tmp and /proc, the state folder hidden; writable only the
+    call's source copy, its output folder and (installs only) its environment.
+    """
+
+class Containment(_Containment, metaclass=_ContainmentEnumTypeWrapper):
+    """How far a hook call (or an install) can reach beyond its own request."""
+
+CONTAINMENT_UNSPECIFIED: Containment.ValueType  # 0
+"""Not set (never sent)."""
+CONTAINMENT_NONE: Containment.ValueType  # 1
+"""A process group of its own; what leaves the group (setsid) can outlive
+the call, and the call sees what the daemon's user sees.
+"""
+CONTAINMENT_PID: Containment.ValueType  # 2
+"""A PID namespace per call: when the call ends, for whatever reason,
+every process it started is gone. The file system as the daemon sees it.
+"""
+CONTAINMENT_SANDBOX: Containment.ValueType  # 3
+"""A PID namespace plus a bubblewrap sandbox: the system read-only, a
+private /tmp and /proc, the state folder hidden; writable only the
+call's source copy, its output folder and (installs only) its environment.
+"""
+Global___Containment: _TypeAlias = Containment  # noqa: Y015
 
 class _EnvironmentState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1889,6 +1943,10 @@ class DaemonInfo(_message.Message):
     STORE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     STORE_BYTES_FIELD_NUMBER: _builtins.int
     STORE_ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    LOCAL_CONTAINMENT_FIELD_NUMBER: _builtins.int
+    REMOTE_CONTAINMENT_FIELD_NUMBER: _builtins.int
+    CONTAINMENT_SETTING_FIELD_NUMBER: _builtins.int
+    CONTAINMENT_NOTES_FIELD_NUMBER: _builtins.int
     MAX_WATCHES_PER_SESSION_FIELD_NUMBER: _builtins.int
     MAX_WATCHES_PER_PRINCIPAL_FIELD_NUMBER: _builtins.int
     WATCHED_TREES_FIELD_NUMBER: _builtins.int
@@ -1936,6 +1994,18 @@ class DaemonInfo(_message.Message):
     """
     store_environments: _builtins.int
     """Environments in the caller's store (an admin: in every store)."""
+    local_containment: Global___Containment.ValueType
+    """How the hook calls and installs of local principals (the Unix socket,
+    the daemon's own loopback token) are contained.
+    """
+    remote_containment: Global___Containment.ValueType
+    """How those of remote principals (token holders, non-loopback callers)
+    are contained.
+    """
+    containment_setting: _builtins.str
+    """The --containment setting the daemon was started with: "auto", "pid",
+    "sandbox" or "none".
+    """
     max_watches_per_session: _builtins.int
     """Cap on open WatchMetadata streams per session
     (--max-watches-per-session).
@@ -1948,6 +2018,13 @@ class DaemonInfo(_message.Message):
     """Source trees the daemon watches now (each watched once, however many
     streams watch it).
     """
+    @_builtins.property
+    def containment_notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the daemon could not do and what that means (e.g. "remote
+        principals are not sandboxed (bwrap failed: ...): their hooks can read
+        and write whatever the daemon's user can"); empty when nothing is missing.
+        """
+
     def __init__(
         self,
         *,
@@ -1966,13 +2043,17 @@ class DaemonInfo(_message.Message):
         store_ttl_seconds: _builtins.float = ...,
         store_bytes: _builtins.int = ...,
         store_environments: _builtins.int = ...,
+        local_containment: Global___Containment.ValueType = ...,
+        remote_containment: Global___Containment.ValueType = ...,
+        containment_setting: _builtins.str = ...,
+        containment_notes: _abc.Iterable[_builtins.str] | None = ...,
         max_watches_per_session: _builtins.int = ...,
         max_watches_per_principal: _builtins.int = ...,
         watched_trees: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "daemon_id", b"daemon_id", "draining", b"draining", "installer", b"installer", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "max_watches_per_principal", b"max_watches_per_principal", "max_watches_per_session", b"max_watches_per_session", "pid", b"pid", "started_at", b"started_at", "state_dir", b"state_dir", "store_bytes", b"store_bytes", "store_enabled", b"store_enabled", "store_environments", b"store_environments", "store_size_limit_bytes", b"store_size_limit_bytes", "store_ttl_seconds", b"store_ttl_seconds", "version", b"version", "watched_trees", b"watched_trees"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "containment_notes", b"containment_notes", "containment_setting", b"containment_setting", "daemon_id", b"daemon_id", "draining", b"draining", "installer", b"installer", "local_containment", b"local_containment", "max_envs", b"max_envs", "max_envs_per_key", b"max_envs_per_key", "max_watches_per_principal", b"max_watches_per_principal", "max_watches_per_session", b"max_watches_per_session", "pid", b"pid", "remote_containment", b"remote_containment", "started_at", b"started_at", "state_dir", b"state_dir", "store_bytes", b"store_bytes", "store_enabled", b"store_enabled", "store_environments", b"store_environments", "store_size_limit_bytes", b"store_size_limit_bytes", "store_ttl_seconds", b"store_ttl_seconds", "version", b"version", "watched_trees", b"watched_trees"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -240,8 +240,12 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             )
             dist = decode.metadata_distribution(request.distribution)
             # A watch sends no log lines: only metadata and failures.
-            req = dataclasses.replace(decode.context(wire, None, who.name), quiet=True)
+            # Its hooks are contained as the principal's kind requires (containment.py).
+            req = dataclasses.replace(
+                decode.context(wire, None, who.name), quiet=True, remote=who.remote
+            )
             self._auth.check_path(who, wire.source.path, "context.source.path")
+            self._auth.check_interpreter(who, wire.python)
             with self._limits.acquire(who.name, "watches"):
                 # Opening sets up the tree's watcher (a walk of its folders): off the loop.
                 watch = await _ended_if_abandoned(
@@ -417,12 +421,15 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
                     context.invocation_metadata(), wire.session_id, "context.session_id"
                 )
                 request = decode.context(wire, deadline, who.name)
+                # What the request starts is contained as its principal's kind requires.
+                request = dataclasses.replace(request, remote=who.remote)
                 for field, path in paths:
                     if path:
                         decode.check_absolute_path(path, field)
                 # A remote principal names daemon paths only under --allow-path.
                 for field, path in (("context.source.path", wire.source.path), *paths):
                     self._auth.check_path(who, path, field)
+                self._auth.check_interpreter(who, wire.python)
             except errors.BuilddError as exc:
                 yield pb.Event(failure=failures.failure(exc))
                 await failures.abort(context, exc, self._metrics, call=name)

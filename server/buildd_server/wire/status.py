@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from buildd import __version__
 from buildd.v1 import buildd_pb2 as pb
 
+from .. import containment
 from .store_status import add_store_status, environment_info
 
 if TYPE_CHECKING:
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
     from ..pool import Pool
     from ..service import BuildService
     from ..sessions import SessionRegistry
+
+
+_CONTAINMENT = {
+    "none": pb.CONTAINMENT_NONE,
+    "pid": pb.CONTAINMENT_PID,
+    "sandbox": pb.CONTAINMENT_SANDBOX,
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,10 @@ class StatusSource:
                 max_watches_per_session=self.config.max_watches_per_session,
                 max_watches_per_principal=self.config.caps.watches,
                 watched_trees=self.service.watches.trees.watched(),
+                local_containment=_CONTAINMENT[containment.POLICY.local],
+                remote_containment=_CONTAINMENT[containment.POLICY.remote],
+                containment_setting=containment.POLICY.choice,
+                containment_notes=list(containment.POLICY.notes),
             ),
             principal=who.name,
             admin=who.admin,
