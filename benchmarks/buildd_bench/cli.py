@@ -85,8 +85,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--p4b-trees",
         type=int,
-        default=0,
-        help="P4b trees the watches follow (default: one tree per watch)",
+        default=16,
+        help="P4b trees the watches follow (default: 16; the daemon watches at most 32 "
+        "trees by default, --max-watched-trees, and the machine's inotify instances are few)",
     )
     parser.add_argument(
         "--p4b-watch-sessions", type=int, default=4, help="P4b sessions the watches are in"

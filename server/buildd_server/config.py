@@ -113,6 +113,8 @@ class Config:
     caps: PrincipalCaps = field(default_factory=PrincipalCaps)
     # Open WatchMetadata streams per session (watches.py).
     max_watches_per_session: int = 64
+    # Trees the daemon watches at once, each one inotify instance (treewatch.py).
+    max_watched_trees: int = 32
     # How hook calls and installs are contained (containment.py):
     # auto, pid, sandbox or none.
     containment: str = "auto"

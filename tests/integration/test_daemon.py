@@ -6,6 +6,7 @@ import os
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,11 +124,51 @@ def test_sigterm_lets_a_running_call_finish(make_daemon: MakeDaemon, tmp_path: P
         os.kill(process.pid, signal.SIGTERM)
         result = call.result()
         assert b"Name: slow" in result.metadata
-    assert process.stop() == 0
+    # One SIGTERM only: the daemon exits by itself once the call is done.
+    assert process.process is not None
+    assert process.process.wait(timeout=60) == 0
     assert [r["hook"] for r in read_probe_log(log)] == [
         "get_requires_for_build_wheel",
         "prepare_metadata_for_build_wheel",
     ]
+    assert _leftovers(process.state_dir) == []
+
+
+def test_more_sigterms_during_the_drain_and_the_exit_change_nothing(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    # A supervisor may repeat SIGTERM while the daemon drains (systemd,
+    # Kubernetes, an impatient operator): each one after the first is a no-op,
+    # up to the very end of the process, and the exit stays 0.
+    process = make_daemon(["--grace", "30"])
+    source = probe_project(tmp_path / "slow", tmp_path / "probe.log", hold=1.0)
+    assert process.process is not None
+    child = process.process
+    with Client(process.address, autostart=False) as client:
+        call = client.open_session("storm").metadata(str(source))
+        for event in call:
+            if event.HasField("phase") and event.phase.hook:
+                break
+        child.send_signal(signal.SIGTERM)
+        stop = threading.Event()
+
+        def storm() -> None:
+            # Bounded in count and time; send_signal does nothing once reaped.
+            for _ in range(20_000):
+                if stop.is_set() or child.poll() is not None:
+                    return
+                child.send_signal(signal.SIGTERM)
+                time.sleep(0.002)
+
+        sender = threading.Thread(target=storm)
+        sender.start()
+        try:
+            assert b"Name: slow" in call.result().metadata
+            code = child.wait(timeout=60)
+        finally:
+            stop.set()
+            sender.join(timeout=60)
+    assert code == 0
     assert _leftovers(process.state_dir) == []
 
 

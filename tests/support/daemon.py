@@ -34,6 +34,7 @@ class DaemonProcess:
         args: Sequence[str] = (),
         root: Path | None = None,
         env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.root = root or short_tempdir()
         self.socket = self.root / "buildd.sock"
@@ -43,10 +44,13 @@ class DaemonProcess:
         self.args = list(args)
         self.wheelhouse = wheelhouse
         self.env = env
+        # A command prefix the daemon runs under (it must exec, keeping the pid).
+        self.wrapper = list(wrapper)
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         cmd = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "buildd_server",

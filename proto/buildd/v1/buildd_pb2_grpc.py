@@ -204,8 +204,12 @@ class BuilddServicer:
         its session like a KeepAlive stream. The stream ends when the client
         cancels it, with NOT_FOUND when its session ends, with UNAVAILABLE when
         the daemon drains. Watches per session and per principal are capped
-        (the daemon's --max-watches-per-session and --max-watches-per-principal):
-        beyond, RESOURCE_EXHAUSTED naming the cap. Errors in the request itself
+        (the daemon's --max-watches-per-session and --max-watches-per-principal),
+        and so are the trees watched at once (--max-watched-trees): beyond,
+        RESOURCE_EXHAUSTED naming the cap. When the system refuses the tree a
+        watcher (inotify's instance or watch limits), at the start or later for a
+        new folder, the stream ends with RESOURCE_EXHAUSTED naming the tree and
+        the sysctl (ErrorInfo metadata `limit`). Errors in the request itself
         (session, source path, settings) end the stream at once with their
         status, before any event. See docs/protocol.md ("Watching metadata").
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME

@@ -44,7 +44,12 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
     for name in ("session_ttl", "hook_timeout"):
         if getattr(args, name) <= 0:
             make_parser().error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("max_envs_per_key", "max_envs", "max_watches_per_session"):
+    for name in (
+        "max_envs_per_key",
+        "max_envs",
+        "max_watches_per_session",
+        "max_watched_trees",
+    ):
         if getattr(args, name) < 1:
             make_parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if args.blob_cache_size < 1 or args.max_source_size < 1 or args.max_source_files < 1:
@@ -73,6 +78,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> Config:
         max_envs_per_key=args.max_envs_per_key,
         max_envs=args.max_envs,
         max_watches_per_session=args.max_watches_per_session,
+        max_watched_trees=args.max_watched_trees,
         hook_timeout=args.hook_timeout,
         installer=args.installer,
         installer_options=InstallerOptions(

@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import select
 import shutil
 import signal
+import socket
 import threading
 import time
 from concurrent import futures
@@ -87,6 +89,11 @@ class Daemon:
         self._blocking: futures.ThreadPoolExecutor | None = None
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
+        # Signals received, in order (appended by the handler), and what wakes
+        # serve_forever's wait (written by the interpreter on a signal, and by
+        # request_stop).
+        self._signals: list[int] = []
+        self._waker: socket.socket | None = None
         self._health = health.aio.HealthServicer()
         self._grace: float | None = None
         self.metrics_port = 0
@@ -311,11 +318,25 @@ class Daemon:
     # --------------------------------------------------------------- run --
 
     def serve_forever(self) -> None:
-        """Serve until SIGTERM/SIGINT (or idle timeout), then drain and clean up."""
+        """Serve until SIGTERM/SIGINT (or idle timeout), then drain and clean up.
+
+        The signal handler only records the signal; the interpreter's C
+        handler writes its number to the waker, which ends the wait here.
+        A handler that logs or takes a lock deadlocks, or recurses until
+        RecursionError, when signals come faster than it returns. A signal
+        after the first changes nothing, up to the process's very end.
+        """
+        wake, self._waker = socket.socketpair()
+        for end in (wake, self._waker):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self._waker.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         idle_since = time.monotonic()
-        while not self._stop_requested.wait(0.5):
+        while not self._stop_requested.is_set() and not self._signals:
+            select.select([wake], [], [], 0.5)
+            with contextlib.suppress(BlockingIOError):
+                wake.recv(4096)
             if self.config.idle_timeout <= 0:
                 continue
             if len(self.registry.all()) or self.servicer.calls.active:
@@ -323,17 +344,31 @@ class Daemon:
             elif time.monotonic() - idle_since > self.config.idle_timeout:
                 log.info("idle_shutdown", idle_seconds=self.config.idle_timeout)
                 break
+        if self._signals:
+            log.info("signal_received", signal=signal.Signals(self._signals[0]).name)
         self.stop()
+        if len(self._signals) > 1:
+            log.info("signals_ignored", count=len(self._signals) - 1)
+        # Python's finalization puts SIG_DFL back in place of a Python handler
+        # (never of SIG_IGN): a SIGTERM in those last moments would end a
+        # daemon that has already stopped cleanly with -15 instead of 0.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        wake.close()
+        self._waker.close()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("signal_received", signal=signal.Signals(signum).name)
-        self._stop_requested.set()
+        self._signals.append(signum)  # no lock, no I/O: see serve_forever
 
     def request_stop(self, grace: float | None = None) -> None:
         """Begin a drain from any thread (signal, Shutdown RPC, idle timeout)."""
         if grace is not None:
             self._grace = grace
         self._stop_requested.set()
+        if self._waker is not None:
+            with contextlib.suppress(OSError):
+                self._waker.send(b"\0")
 
     def stop(self) -> None:
         """Drain: refuse new calls, let running ones finish within the grace, clean up."""

@@ -235,6 +235,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="open WatchMetadata streams per session (default: 64)",
     )
     parser.add_argument(
+        "--max-watched-trees",
+        type=int,
+        default=int(_env("MAX_WATCHED_TREES", "32")),
+        metavar="N",
+        help="source trees watched at once, one inotify instance each (default: 32)",
+    )
+    parser.add_argument(
         "--max-envs",
         type=int,
         default=int(_env("MAX_ENVS", "32")),

@@ -110,7 +110,7 @@ class BuildService:
         )
         self.watches = Watches(
             registry,
-            TreeWatchers(),
+            TreeWatchers(config.max_watched_trees),
             self.prepare_metadata,
             max_per_session=config.max_watches_per_session,
         )

@@ -274,7 +274,7 @@ class Watches:
                     )
                 mine.add(watch)
             watch.on_end.append(lambda: self._forget(session.id, watch))
-            token = self.trees.subscribe(root, watch.changed)
+            token = self.trees.subscribe(root, watch.changed, watch.end)
             watch.on_end.append(lambda: self.trees.unsubscribe(root, token))
         except BaseException:
             watch.end()

@@ -32,7 +32,7 @@ from .streams import Calls
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     import grpc.aio
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ..service.requests import Request
     from ..service.service import BuildService
     from ..service.sessions import SessionRegistry
-    from ..service.watches import WatchUpdate
+    from ..service.watches import MetadataWatch, WatchUpdate
     from .streams import Blocking
     from .transfers import Transfers
 
@@ -53,6 +53,26 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("buildd.servicer")
 T = TypeVar("T")
+
+
+async def _ended_if_abandoned(opening: Awaitable[MetadataWatch]) -> MetadataWatch:
+    """The watch ``opening`` opens, ended if the call is cancelled meanwhile.
+
+    Opening runs in a thread that a cancel cannot stop: without this, a
+    client gone while its watch was being set up (a walk of every folder)
+    would leave the watch, its tree watcher and its session hold behind.
+    """
+    task = asyncio.ensure_future(opening)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def end(done: asyncio.Future[MetadataWatch]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                done.result().end()
+
+        task.add_done_callback(end)
+        raise
 
 
 class Servicer(buildd_pb2_grpc.BuilddServicer):
@@ -217,7 +237,9 @@ class Servicer(buildd_pb2_grpc.BuilddServicer):
             self._auth.check_interpreter(who, wire.python)
             with self._limits.acquire(who.name, "watches"):
                 # Opening sets up the tree's watcher (a walk of its folders): off the loop.
-                watch = await self._blocking(self._service.watches.open, req, dist, deliver)
+                watch = await _ended_if_abandoned(
+                    self._blocking(self._service.watches.open, req, dist, deliver)
+                )
                 try:
                     while True:
                         update = await updates.get()
