@@ -57,6 +57,22 @@ def test_slots_are_the_lowest_free_unless_a_free_one_is_preferred(tmp_path: Path
     assert store.placement("alice", "j" * 16, None).slot == 0
 
 
+def test_the_key_folder_stays_while_another_slot_of_it_is_reserved(tmp_path: Path) -> None:
+    # A creation reserves its slot, makes the key folder, then the slot's own
+    # folder; the key's last instance going meanwhile must not take the key
+    # folder with it (seen as ENOENT creating the new instance).
+    store = Store(tmp_path)
+    old = store.placement("alice", "k" * 16, None)
+    old.path.mkdir(parents=True)
+    new = store.placement("alice", "k" * 16, None)
+    new.path.parent.mkdir(parents=True, exist_ok=True)  # its folder not made yet
+    old.path.rmdir()  # the old instance deleted, then its slot released
+    store.release("alice", "k" * 16, old.slot)
+    assert new.path.parent.is_dir()
+    store.release("alice", "k" * 16, new.slot)
+    assert not new.path.parent.exists()  # gone with the key's last slot
+
+
 def test_concurrent_placements_never_share_a_slot(tmp_path: Path) -> None:
     store = Store(tmp_path)
     slots: list[int] = []

@@ -147,9 +147,13 @@ class Store:
             index = self._indexes.get(principal)
             if index is not None and index.uses.pop(f"{key_id}/{slot}", None) is not None:
                 index.dirty = True
-        # An empty key folder goes with its last instance.
-        with contextlib.suppress(OSError):
-            (self.principal_dir(principal) / key_id).rmdir()
+            # An empty key folder goes with its last instance, and only then:
+            # a slot reserved meanwhile may not have made its folder yet (its
+            # creation makes the key folder, then the slot's). Under the lock,
+            # so that no placement comes between the check and the rmdir.
+            if (principal, key_id) not in self._slots:
+                with contextlib.suppress(OSError):
+                    (self.principal_dir(principal) / key_id).rmdir()
 
     @contextlib.contextmanager
     def cache_in_use(self, principal: str) -> Iterator[None]:
