@@ -93,8 +93,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--p4b-watch-sessions", type=int, default=4, help="P4b sessions the watches are in"
     )
     parser.add_argument("--p5-sessions", type=int, default=1000, help="P5 sessions")
-    parser.add_argument("--p5b-keys", type=int, default=50, help="P5b keys in the store")
-    parser.add_argument("--p5b-slots", type=int, default=4, help="P5b instances per key")
+    parser.add_argument("--p5b-keys", type=int, default=200, help="P5b keys in the store")
+    parser.add_argument(
+        "--p5b-slots",
+        type=int,
+        default=1,
+        help="P5b sessions filling the store at once (instances per key only where calls overlap)",
+    )
     parser.add_argument(
         "--p6-rounds", type=int, default=3, help="P6 rebuilds per tool and project (default: 3)"
     )

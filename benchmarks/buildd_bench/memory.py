@@ -162,13 +162,15 @@ def figure_p5b(ctx: Context) -> Figure:
     worst = max(rss_filled, rss_restart, rss_status)
     details = "\n".join(
         [
-            f"How the instances were made: {slots} sessions of one principal, open at the "
-            f"same time, each prepared metadata of {keys} projects whose "
+            f"How the instances were made: {slots} session(s) of one principal, open at "
+            f"the same time, each prepared metadata of {keys} projects whose "
             f"`[build-system].requires` differ (`six>=0.N`, N = 0..{keys - 1}: {keys} keys, "
-            "each installing six from the index) with a metadata-only in-tree backend; a "
-            "session keeps its instances while open, so each key got one instance per "
-            f"session ({slots} slots). Then every session was closed, returning its "
-            "instances to the store. Instances counted on disk: the "
+            "each installing six from the index) with a metadata-only in-tree backend. "
+            "Sessions of one principal share its store's idle instances, so a key gets a "
+            "second slot only when two of its calls overlap: the default gives every "
+            "instance a key of its own (`--p5b-slots 1`), so that the count is exact. Then "
+            "every session was closed, returning its instances to the store. Instances "
+            "counted on disk: the "
             "`<state>/envs/<principal>/<key-id>/<slot>` folders holding a virtualenv "
             "(`pyvenv.cfg`). The daemon ran with "
             f"`{' '.join(flags)}` so that no cap evicts them.",

@@ -197,6 +197,8 @@ def figure_p8(ctx: Context) -> Figure:
     if no_nginx:
         return Figure.not_measured("P8", figure, goal, no_nginx)
     from buildd_client import Client
+    from buildd_client.addresses import local_token_path
+    from buildd_client.credentials import Credentials, read_token
 
     calls = ctx.args.p8_calls
     daemon = ctx.start_daemon("p8", tcp=True)
@@ -223,7 +225,16 @@ def figure_p8(ctx: Context) -> Figure:
         nginx.start(config)
         with (
             Client(daemon.address, autostart=False) as direct,
-            Client(listen, autostart=False) as proxied,
+            # A loopback daemon without a token file admits only holders of
+            # the token it wrote for its user, which the client finds by the
+            # daemon's port: through the proxy's port it must be sent as such.
+            Client(
+                listen,
+                autostart=False,
+                credentials=Credentials(
+                    token=read_token(local_token_path(int(daemon.address.rsplit(":", 1)[1])))
+                ),
+            ) as proxied,
         ):
             _wait_ready(direct, "the daemon")
             _wait_ready(proxied, "nginx")
