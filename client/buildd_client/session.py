@@ -247,7 +247,7 @@ class Session:
         return KeepAlive(self._client.stub, self.id, interval)
 
     def close(self) -> pb.CloseSessionResponse:
-        """End the session now; the daemon deletes its environments."""
+        """End the session now; its environments go back to the principal's store."""
         return self._client.close_session(self.id)
 
     def __enter__(self) -> Self:

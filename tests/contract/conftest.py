@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from support.daemon import DaemonProcess
 
 pytestmark = pytest.mark.integration
 
+# make_daemon: tests/conftest.py.
 MakeDaemon = Callable[..., DaemonProcess]
 
 
@@ -20,20 +21,6 @@ def daemon(wheelhouse: Path) -> Iterator[DaemonProcess]:
     process = DaemonProcess(wheelhouse).start()
     yield process
     process.cleanup()
-
-
-@pytest.fixture
-def make_daemon(wheelhouse: Path) -> Iterator[MakeDaemon]:
-    started: list[DaemonProcess] = []
-
-    def make(args: Sequence[str] = (), *, start: bool = True, **kwargs: object) -> DaemonProcess:
-        process = DaemonProcess(wheelhouse, args=args, **kwargs)  # type: ignore[arg-type]
-        started.append(process)
-        return process.start() if start else process
-
-    yield make
-    for process in started:
-        process.cleanup()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ misconfigure it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
+# make_daemon: tests/conftest.py.
 MakeDaemon = Callable[..., DaemonProcess]
 
 
@@ -29,20 +30,6 @@ def daemon(wheelhouse: Path) -> Iterator[DaemonProcess]:
     process = DaemonProcess(wheelhouse, args=["--max-envs-per-key", "2"]).start()
     yield process
     process.cleanup()
-
-
-@pytest.fixture
-def make_daemon(wheelhouse: Path) -> Iterator[MakeDaemon]:
-    started: list[DaemonProcess] = []
-
-    def make(args: Sequence[str] = (), *, start: bool = True, **kwargs: object) -> DaemonProcess:
-        process = DaemonProcess(wheelhouse, args=args, **kwargs)  # type: ignore[arg-type]
-        started.append(process)
-        return process.start() if start else process
-
-    yield make
-    for process in started:
-        process.cleanup()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,21 +21,8 @@ from support.remote import Pki, RemoteDaemon, write_token_file
 
 pytestmark = pytest.mark.integration
 
+# make_daemon: tests/conftest.py.
 MakeDaemon = Callable[..., DaemonProcess]
-
-
-@pytest.fixture
-def make_daemon(wheelhouse: Path) -> Iterator[MakeDaemon]:
-    started: list[DaemonProcess] = []
-
-    def make(args: Sequence[str] = (), *, start: bool = True, **kwargs: object) -> DaemonProcess:
-        process = DaemonProcess(wheelhouse, args=args, **kwargs)  # type: ignore[arg-type]
-        started.append(process)
-        return process.start() if start else process
-
-    yield make
-    for process in started:
-        process.cleanup()
 
 
 @pytest.fixture

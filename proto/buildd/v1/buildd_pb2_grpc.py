@@ -240,7 +240,9 @@ class BuilddServicer:
     def Shutdown(self, request, context):
         """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
         health turns NOT_SERVING, running calls get `grace_seconds` to finish and
-        are then cancelled, environments are deleted, and the process exits 0.
+        are then cancelled, the sessions end (their environments stay in their
+        principal's store; with --no-store they are deleted), and the process
+        exits 0.
         Returns as soon as the drain has begun. On a daemon with tokens, only the
         principals named by --admin may call it (PERMISSION_DENIED otherwise).
         """

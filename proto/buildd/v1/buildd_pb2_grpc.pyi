@@ -178,7 +178,9 @@ class BuilddStub:
     Shutdown: _grpc.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]
     """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
     health turns NOT_SERVING, running calls get `grace_seconds` to finish and
-    are then cancelled, environments are deleted, and the process exits 0.
+    are then cancelled, the sessions end (their environments stay in their
+    principal's store; with --no-store they are deleted), and the process
+    exits 0.
     Returns as soon as the drain has begun. On a daemon with tokens, only the
     principals named by --admin may call it (PERMISSION_DENIED otherwise).
     """
@@ -298,7 +300,9 @@ class BuilddAsyncStub(BuilddStub):
     Shutdown: _aio.UnaryUnaryMultiCallable[_buildd_pb2.ShutdownRequest, _buildd_pb2.ShutdownResponse]  # type: ignore[assignment]
     """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
     health turns NOT_SERVING, running calls get `grace_seconds` to finish and
-    are then cancelled, environments are deleted, and the process exits 0.
+    are then cancelled, the sessions end (their environments stay in their
+    principal's store; with --no-store they are deleted), and the process
+    exits 0.
     Returns as soon as the drain has begun. On a daemon with tokens, only the
     principals named by --admin may call it (PERMISSION_DENIED otherwise).
     """
@@ -481,7 +485,9 @@ class BuilddServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_buildd_pb2.ShutdownResponse, _abc.Awaitable[_buildd_pb2.ShutdownResponse]]:
         """Drain and stop the daemon, as SIGTERM does: new calls get UNAVAILABLE,
         health turns NOT_SERVING, running calls get `grace_seconds` to finish and
-        are then cancelled, environments are deleted, and the process exits 0.
+        are then cancelled, the sessions end (their environments stay in their
+        principal's store; with --no-store they are deleted), and the process
+        exits 0.
         Returns as soon as the drain has begun. On a daemon with tokens, only the
         principals named by --admin may call it (PERMISSION_DENIED otherwise).
         """
