@@ -206,3 +206,44 @@ def test_the_cache_survives_nothing_of_a_closed_session(
         second = client.open_session("cache-b")
         assert not _metadata(second, source).cached
         second.close()
+
+
+def test_a_later_session_reuses_its_store_instances_get_requires_answer(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    log = tmp_path / "probe.log"
+    source = probe_project(tmp_path / "later", log)
+    out = tmp_path / "out"
+
+    def build(client: Client, name: str) -> list[pb.Event]:
+        session = client.open_session(name)
+        call = session.build(str(source), distributions=("wheel",), output_directory=str(out))
+        events = list(call)
+        call.result()
+        session.close()  # its instance goes back to the store
+        return events
+
+    def hits(events: list[pb.Event]) -> list[str]:
+        return [e.phase.hook for e in events if e.phase.kind == pb.PHASE_KIND_CACHE_HIT]
+
+    with Client(daemon.address, autostart=False) as client:
+        assert hits(build(client, "first")) == []
+        later = build(client, "later")
+        assert hits(later) == ["get_requires_for_build_wheel"]
+        records = read_probe_log(log)
+        assert [r["hook"] for r in records] == [
+            "get_requires_for_build_wheel",
+            "build_wheel",
+            "build_wheel",  # the later session ran only this,
+        ]
+        assert records[2]["instance"] == records[0]["instance"]  # in the very instance
+        # A changed tree is asked again, in whichever session.
+        with (source / "pyproject.toml").open("a") as file:
+            file.write("\n# edited\n")
+        assert hits(build(client, "edited")) == []
+        assert [r["hook"] for r in read_probe_log(log)][3:] == [
+            "get_requires_for_build_wheel",
+            "build_wheel",
+        ]
+        # Another principal never leases the instance, so never gets its answers:
+        # tests/integration/test_store.py proves the instance stays the principal's.

@@ -20,7 +20,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
@@ -109,6 +109,12 @@ class Environment:
 
     # Set once destroyed: what it answered is no longer reused (hookcache.py).
     retired: bool = False
+    # get_requires_for_build_* answers given in this instance, for any session
+    # of its principal: (source path, dist, settings id) -> (generation,
+    # source fingerprint, dynamic requirements); hookcache.py decides reuse.
+    requires_answers: dict[
+        tuple[str, str, str], tuple[tuple[str, str, str], str, tuple[str, ...]]
+    ] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def generation(self) -> tuple[str, str, str]:

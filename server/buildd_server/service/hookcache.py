@@ -19,7 +19,12 @@ hooks equals the one before: a tree edited while the hook ran gives an
 answer of unknown provenance, and the next request runs the hook again.
 Entries live in the session's per-source state (requests.SourceState) and
 go with it, and with the instance: a discard forgets them, a destroyed or
-changed instance no longer matches.
+changed instance no longer matches. A ``get_requires_for_build_*`` answer is
+also kept with the instance itself, by source path (at most
+``_SHARED_ANSWERS`` per instance): a later session of the same principal that
+leases the instance from the store for the same unchanged tree skips the hook
+as well. Only the principal's sessions ever lease its instances, and the
+answer is reused under exactly the conditions above.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ log = structlog.get_logger("buildd.hookcache")
 _WEAK = "weak:"
 
 Generation = tuple[str, str, str]
+
+# get_requires answers an instance keeps for later sessions (oldest dropped).
+_SHARED_ANSWERS = 64
 
 
 class HookCache:
@@ -89,8 +97,13 @@ class HookCache:
         self, ctx: RequestContext, env: Environment | None, dist: Dist
     ) -> list[str] | None:
         """The cached answer of get_requires_for_build_<dist> in ``env``, or None."""
+        if env is None:
+            return None
         entry = ctx.state.requires.get(_slot(ctx, dist))
-        if entry is None or env is None:
+        if entry is None:
+            shared = env.requires_answers.get(_shared_key(ctx, dist))
+            entry = CachedRequires(*shared) if shared is not None else None
+        if entry is None:
             return None
         if not self._usable(ctx, env, entry.generation, entry.fingerprint):
             return None
@@ -109,9 +122,18 @@ class HookCache:
         if env.generation != before or not _strong(ctx.fingerprint):
             return  # an install followed: the answer in the new generation may differ
         assert ctx.fingerprint is not None
-        slot = _slot(ctx, dist)
+        slot, shared = _slot(ctx, dist), _shared_key(ctx, dist)
         entry = CachedRequires(before, ctx.fingerprint, tuple(dynamic))
-        ctx.on_unchanged.append(lambda: ctx.state.requires.__setitem__(slot, entry))
+
+        def keep() -> None:
+            ctx.state.requires[slot] = entry
+            answers = env.requires_answers
+            answers.pop(shared, None)  # the newest last
+            answers[shared] = (entry.generation, entry.fingerprint, entry.dynamic)
+            while len(answers) > _SHARED_ANSWERS:
+                del answers[next(iter(answers))]
+
+        ctx.on_unchanged.append(keep)
 
     def ran_prepare(
         self, ctx: RequestContext, env: Environment, before: Generation, prepared: Prepared
@@ -185,6 +207,10 @@ class HookCache:
 
 def _slot(ctx: RequestContext, dist: Dist) -> tuple[str, str]:
     return (dist, settings_id(ctx.request.config_settings))
+
+
+def _shared_key(ctx: RequestContext, dist: Dist) -> tuple[str, str, str]:
+    return (str(ctx.project.root), *_slot(ctx, dist))
 
 
 def _strong(fingerprint: str | None) -> bool:
