@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,31 @@ def test_a_store_install_gets_its_principals_cache_and_not_the_machines(tmp_path
     assert str(principal) not in store
     # --no-store installs (no private cache) still get the machine's.
     assert plain[plain.index(str(shared)) - 1] == "--bind"
+
+
+def test_the_daemons_installation_under_tmp_is_bound_into_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sandbox's /tmp is private and empty: a daemon run from a checkout
+    # under /tmp (a CI clone) must still find its virtualenv there.
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    found = containment.runtime_under_tmp()
+    assert tmp_path.resolve().is_relative_to(Path("/tmp"))  # where pytest puts it here
+    assert venv.resolve() in found
+    assert Path("/usr") not in found
+    assert all(path.is_relative_to(Path("/tmp")) for path in found)
+    policy = containment.Policy(
+        choice="sandbox", local="sandbox", remote="sandbox", bwrap="bwrap", runtime=found
+    )
+    old = containment.POLICY
+    containment.configure(policy)
+    try:
+        args, _, _ = containment.command(["python"], {}, None, containment.Confinement())
+    finally:
+        containment.configure(old)
+    at = args.index(str(venv.resolve()))
+    assert args[at - 1] == "--ro-bind"
+    assert args.index("/tmp") < at  # bound over the private /tmp, not hidden by it

@@ -90,6 +90,10 @@ class Policy:
     hidden_files: tuple[Path, ...] = ()
     install_readable: tuple[Path, ...] = ()
     install_writable: tuple[Path, ...] = ()
+    # What every sandboxed process runs from that the sandbox's private /tmp
+    # would hide: the daemon's own installation (its virtualenv, uv, this
+    # package, pyproject-hooks' _in_process.py) when it lives under /tmp.
+    runtime: tuple[Path, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
     def mode_for(self, remote: bool) -> Mode:
@@ -157,6 +161,7 @@ def command(
             *(POLICY.install_writable if confine.install and confine.shared_cache else ()),
         ),
         readable=(
+            *POLICY.runtime,
             *confine.readable,
             *(() if confine.install or confine.environment is None else (confine.environment,)),
             *(POLICY.install_readable if confine.install else ()),
@@ -305,6 +310,7 @@ def detect(
         hidden_files=tuple(p for p in hidden_files if p.exists()),
         install_readable=tuple(p for p in install_readable if p.is_dir()),
         install_writable=tuple(install_writable),
+        runtime=runtime_under_tmp(),
     )
     event = log.warning if policy.notes and choice != "none" else log.info
     event(
@@ -323,6 +329,29 @@ def detect(
         notes=list(policy.notes),
     )
     return policy
+
+
+def runtime_under_tmp() -> tuple[Path, ...]:
+    """The daemon's own installation, where it lies under /tmp (a CI checkout, say).
+
+    A sandboxed process gets a private, empty /tmp: without these it could
+    not start the installer, pyproject-hooks' _in_process.py or the bytecode
+    compiler, which all run from here.
+    """
+    import pyproject_hooks
+
+    tmp = Path("/tmp")
+    found: list[Path] = []
+    for path in (
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(__file__).resolve().parents[1],  # the buildd_server package
+        Path(pyproject_hooks.__file__).resolve().parent,
+    ):
+        resolved = path.resolve()
+        if resolved.is_relative_to(tmp) and not any(resolved.is_relative_to(p) for p in found):
+            found = [p for p in found if not p.is_relative_to(resolved)] + [resolved]
+    return tuple(found)
 
 
 def _try(argv: Sequence[str]) -> str:
