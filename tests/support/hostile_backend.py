@@ -134,7 +134,10 @@ def _probe(hook):
                     command = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
             except OSError:
                 continue
-            if "buildd_server" in command:
+            # The sandbox's own first process (bubblewrap) is no daemon: its
+            # command line names the layout, paths only (what it hides is
+            # bound to /dev/null there).
+            if "buildd_server" in command and not command.split(" ", 1)[0].endswith("bwrap"):
                 found.append(command[:1000])
         record["discover"] = found
     marker = config.get("tmp_marker")
