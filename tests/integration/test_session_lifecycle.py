@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,19 +15,11 @@ from buildd.v1 import buildd_pb2 as pb
 from buildd_client import Client, RequestFailed
 from support.daemon import DaemonProcess
 from support.projects import probe_project, read_probe_log, setuptools_project
+from support.reliability import wait_until
 
 pytestmark = pytest.mark.integration
 
 MakeDaemon = Callable[..., DaemonProcess]
-
-
-def _wait_until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
-    """Poll a condition the daemon will make true; fail (never pass) when it does not."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_a_session_is_joined_by_id_from_another_client(
@@ -63,7 +54,7 @@ def test_idle_session_expires_and_without_the_store_its_environments_go(
             idle.metadata(str(source)).result()
             idle_env = Path(read_probe_log(log)[-1]["prefix"])
             held_env = Path(read_probe_log(log)[0]["prefix"])
-            _wait_until(lambda: not idle_env.exists(), "the idle session's environment to go")
+            wait_until(lambda: not idle_env.exists(), "the idle session's environment to go")
             with pytest.raises(RequestFailed) as gone:
                 client.join_session(idle.id)
             assert gone.value.status == grpc.StatusCode.NOT_FOUND
@@ -72,7 +63,7 @@ def test_idle_session_expires_and_without_the_store_its_environments_go(
             # Past the cache: the hooks must run, in the session's own environment.
             held.metadata(str(source), no_cache=True).result()
             assert read_probe_log(log)[-1]["prefix"] == str(held_env)
-        _wait_until(lambda: not held_env.exists(), "the released session to expire")
+        wait_until(lambda: not held_env.exists(), "the released session to expire")
 
 
 def test_phases_arrive_in_order_with_elapsed_times(make_daemon: MakeDaemon, tmp_path: Path) -> None:
@@ -217,6 +208,6 @@ def test_cancelled_calls_give_their_server_threads_back(
                 if event.HasField("log") and "starting" in event.log.text:
                     break
             call.cancel()
-        _wait_until(lambda: _threads(process.pid) <= baseline + 2, "the server threads to return")
+        wait_until(lambda: _threads(process.pid) <= baseline + 2, "the server threads to return")
         session.metadata(str(warm)).result()
         session.close()

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,21 +26,13 @@ from buildd_client import Client, RequestFailed
 from buildd_client.credentials import Credentials
 from support.daemon import DaemonProcess, short_tempdir
 from support.projects import probe_project, read_probe_log
+from support.reliability import wait_until
 from support.remote import TOKENS, write_token_file
 
 pytestmark = pytest.mark.integration
 
 MakeDaemon = Callable[..., DaemonProcess]
 FLIT = ["flit_core<4"]
-
-
-def _wait_until(condition: Callable[[], bool], what: str, limit: float = 60.0) -> None:
-    """Poll a condition the daemon will make true; fail (never pass) when it does not."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _client(process: DaemonProcess) -> Client:
@@ -311,7 +302,9 @@ def test_the_size_cap_evicts_least_recently_used_idle_instances_never_a_leased_o
     cap = total - min(sizes.values()) // 2
     again = make_daemon(["--store-size", str(cap)], root=process.root)
     with _client(again) as client:
-        _wait_until(lambda: len(_stored(client)) == 2, "the size cap to evict one instance")
+        wait_until(
+            lambda: len(_stored(client)) == 2, "the size cap to evict one instance", limit=60.0
+        )
         assert set(_stored(client)) == {paths[str(sources[1])], paths[str(sources[2])]}
         # Both remaining instances are leased (their hooks hold)...
         holder = client.open_session("holder")
@@ -327,7 +320,7 @@ def test_the_size_cap_evicts_least_recently_used_idle_instances_never_a_leased_o
         newcomer = client.open_session("newcomer")
         newcomer.metadata(str(sources[0])).result()
         newcomer.close()
-        _wait_until(lambda: len(_stored(client)) == 2, "the size cap to evict again")
+        wait_until(lambda: len(_stored(client)) == 2, "the size cap to evict again", limit=60.0)
         kept = _stored(client)
         # The two older ones are leased: never evicted; the idle newcomer goes.
         assert set(kept) == {paths[str(sources[1])], paths[str(sources[2])]}
@@ -348,7 +341,7 @@ def test_idle_instances_past_the_ttl_are_deleted(make_daemon: MakeDaemon, tmp_pa
         session.metadata(str(source)).result()
         session.close()
         [stored] = _store_dirs(process)
-        _wait_until(lambda: not stored.exists(), "the TTL to delete the idle instance")
+        wait_until(lambda: not stored.exists(), "the TTL to delete the idle instance", limit=60.0)
         assert client.status().daemon.store_environments == 0
 
 

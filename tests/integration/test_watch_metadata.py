@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from buildd_client import Client, RequestFailed, Session, Watch
 from support.daemon import DaemonProcess
 from support.metadata_cases import CASES, Case
 from support.projects import flit_project, setuptools_project
+from support.reliability import wait_until
 
 WAIT = 120.0  # seconds: a first prepare may create an environment
 
@@ -34,14 +34,6 @@ def _metadata(watch: Watch, timeout: float = WAIT) -> pb.WatchMetadataEvent:
     event = watch.get(timeout)
     assert event.WhichOneof("kind") == "metadata", event
     return event
-
-
-def _wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -219,12 +211,12 @@ def test_no_thread_or_inotify_handle_outlives_its_watches(
             assert _threads_and_inotify(daemon.pid)[1] >= len(sources)
             for watch in watches:
                 watch.cancel()
-            _wait_until(lambda: client.status().daemon.watched_trees == 0, "the watches to end")
+            wait_until(lambda: client.status().daemon.watched_trees == 0, "the watches to end")
 
         # Warm: environments exist, the cache answers, the server's own
         # threads for this many concurrent calls are started.
         batch()
-        _wait_until(lambda: _threads_and_inotify(daemon.pid)[1] == 0, "no inotify handle")
+        wait_until(lambda: _threads_and_inotify(daemon.pid)[1] == 0, "no inotify handle")
         threads_before = _threads_and_inotify(daemon.pid)[0]
         for _ in range(25):  # 100 watches
             batch()
@@ -233,7 +225,7 @@ def test_no_thread_or_inotify_handle_outlives_its_watches(
             threads, inotify = _threads_and_inotify(daemon.pid)
             return inotify == 0 and threads <= threads_before
 
-        _wait_until(
+        wait_until(
             settled,
             f"threads ({threads_before} before) and inotify handles to go: "
             f"{_threads_and_inotify(daemon.pid)}",
@@ -298,7 +290,7 @@ def test_watches_per_principal_are_capped(
         assert "--max-watches-per-principal" in full.value.message
         held[0].cancel()
         # A slot is free again once the daemon saw the cancel.
-        _wait_until(lambda: client.status(one.id).sessions[0].watches == 0, "the cancel")
+        wait_until(lambda: client.status(one.id).sessions[0].watches == 0, "the cancel")
         with two.watch_metadata(source) as again:
             _metadata(again)
         held[1].cancel()

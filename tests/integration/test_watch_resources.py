@@ -22,7 +22,7 @@ from buildd_client import Client, RequestFailed, Session, Watch
 from support import inotify
 from support.daemon import DaemonProcess
 from support.projects import flit_project
-from support.reliability import start_client_process
+from support.reliability import start_client_process, wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
 
@@ -33,14 +33,6 @@ def _metadata(watch: Watch, timeout: float = WAIT) -> pb.WatchMetadataEvent:
     event = watch.get(timeout)
     assert event.WhichOneof("kind") == "metadata", event
     return event
-
-
-def _wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _bump(source: Path, old: str, new: str) -> None:
@@ -68,13 +60,13 @@ def test_watches_of_one_tree_share_one_instance_and_give_it_back(
         assert client.status().daemon.watched_trees == 1
         for watch in watches[:3]:
             watch.cancel()
-        _wait_until(lambda: client.status(two.id).sessions[0].watches == 1, "three cancels")
+        wait_until(lambda: client.status(two.id).sessions[0].watches == 1, "three cancels")
         # The last watch of the tree still holds the one instance, and works.
         assert inotify.instances(daemon.pid) == 1
         _bump(source, "4.0", "4.1")
         assert b"Version: 4.1" in _metadata(watches[3]).metadata.metadata
         watches[3].cancel()
-        _wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instance to close")
+        wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instance to close")
         assert client.status().daemon.watched_trees == 0
 
 
@@ -92,7 +84,7 @@ def test_closing_the_session_gives_its_instances_back(
         session.close()
         for watch in watches:
             assert _refused(watch).status == grpc.StatusCode.NOT_FOUND
-        _wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instances to close")
+        wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instances to close")
         assert client.status().daemon.watched_trees == 0
 
 
@@ -115,7 +107,7 @@ def test_a_client_that_dies_gives_its_instance_back(
                 other.kill()
             if other.stdout is not None:
                 other.stdout.close()
-        _wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instance to close")
+        wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instance to close")
         # The session itself lives on (its idle clock runs), without the watch.
         assert client.status(session.id).sessions[0].watches == 0
         session.close()
@@ -141,11 +133,11 @@ def test_a_watch_cancelled_while_it_opens_gives_its_instance_back(
         session = client.open_session("opening")
         for _attempt in range(5):
             watch = session.watch_metadata(source)
-            _wait_until(lambda: inotify.instances(daemon.pid) == 1, "the watcher to start", 60)
+            wait_until(lambda: inotify.instances(daemon.pid) == 1, "the watcher to start", 60)
             watch.cancel()
             if inotify.watches(daemon.pid) < folders:
                 landed += 1
-            _wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instance to close")
+            wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instance to close")
             assert client.status(session.id).sessions[0].watches == 0
             if landed >= 2:
                 break
@@ -173,7 +165,7 @@ def test_watched_trees_are_capped(
         with session.watch_metadata(sources[0]) as again:
             _metadata(again)
         held[1].cancel()
-        _wait_until(lambda: client.status().daemon.watched_trees == 1, "the cancel")
+        wait_until(lambda: client.status().daemon.watched_trees == 1, "the cancel")
         with session.watch_metadata(sources[2]) as third:
             _metadata(third)
         held[0].cancel()
@@ -211,7 +203,7 @@ def test_no_instance_left_is_resource_exhausted_and_others_go_on(
         # An instance given back is one the next tree can have (the kernel
         # counts it free a moment after its fd closed).
         held[1].cancel()
-        _wait_until(lambda: inotify.instances(daemon.pid) == 1, "the instance to close")
+        wait_until(lambda: inotify.instances(daemon.pid) == 1, "the instance to close")
         third = _watch_once_free(one, sources[2])
         third.cancel()
         held[0].cancel()
@@ -243,7 +235,7 @@ def test_no_inotify_watch_left_is_resource_exhausted(
         assert "fs.inotify.max_user_watches" in refused.message
         assert str(big) in refused.message
         # Nothing of the refused watcher stays; a tree that fits is watched.
-        _wait_until(lambda: inotify.instances(daemon.pid) == 0, "the refused instance to close")
+        wait_until(lambda: inotify.instances(daemon.pid) == 0, "the refused instance to close")
         with session.watch_metadata(small) as watch:
             _metadata(watch)
         session.close()
@@ -266,6 +258,6 @@ def test_watches_running_out_later_end_the_watch(
         ended = _refused(watch)
         assert ended.status == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "fs.inotify.max_user_watches" in ended.message
-        _wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instance to close")
+        wait_until(lambda: inotify.instances(daemon.pid) == 0, "the instance to close")
         assert client.status().daemon.watched_trees == 0
         session.close()
